@@ -1,0 +1,222 @@
+"""The ``tailor`` command line.
+
+Every command reads the one :class:`~worker.config.Settings` (``TAILOR_*`` environment
+variables over an optional ``--config`` file). A bad setting ends the command at once with
+one line naming it and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
+
+from worker import __version__
+from worker.config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("tailor")
+
+_DESCRIPTION = """\
+Tailor: a streaming personalization worker. Interactions are consumed from Kafka, per-user
+state is kept in Redis, online models learn from every event, and each interaction yields
+that user's refreshed top-K on the recommendations topic.
+
+Settings come from TAILOR_* environment variables (for example TAILOR_BOOTSTRAP_SERVERS,
+TAILOR_REDIS_URL, TAILOR_TOP_K) and an optional --config file (.toml or .yaml with the same
+names in lower case); see `tailor config` for every setting and its current value.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(f"tailor: {error}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    handler = _COMMANDS[args.command]
+    return handler(settings, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tailor",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tailor {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a .toml or .yaml file of settings; TAILOR_* environment variables win over it",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="consume events and publish recommendations until SIGTERM/SIGINT",
+        description="Join the consumer group on the events topic and serve until stopped. "
+        "SIGTERM or SIGINT finish the current micro-batch, flush outputs, commit offsets "
+        "and leave the group.",
+    )
+    run.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without events (for batch replays and tests)",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the worker on an embedded mock Kafka and fakeredis with a sample stream",
+        description="No servers needed: the real worker runs on librdkafka's mock cluster and "
+        "an in-process Redis, plays the bundled Online Retail sample and shows how a few "
+        "customers' lists change with each purchase. Exits 0 when done.",
+    )
+    demo.add_argument("--users", type=int, default=3, help="customers to follow (default 3)")
+    demo.add_argument(
+        "--events", type=int, default=3, help="purchases shown per customer (default 3)"
+    )
+    demo.add_argument("--shown", type=int, default=5, help="list entries shown (default 5)")
+
+    schemas = commands.add_parser(
+        "schemas",
+        help="write the JSON Schema files of every message from the pydantic models",
+        description="Regenerate schemas/*.json from the models (the single source of truth).",
+    )
+    schemas.add_argument(
+        "--out", type=Path, default=Path("schemas"), help="directory (default ./schemas)"
+    )
+    schemas.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 when the files have drifted"
+    )
+
+    forget = commands.add_parser(
+        "forget",
+        help="erase a user (privacy request): delete their keys, publish a tombstone",
+        description="Delete every Redis key of the user and publish a tombstone (null value) "
+        "for them on the recommendations topic, then verify that nothing of theirs is left.",
+    )
+    forget.add_argument("user_id", help="the user to erase")
+
+    commands.add_parser(
+        "config",
+        help="print every setting with its current value (secrets masked)",
+        description="Show the effective settings after environment variables and --config.",
+    )
+    return parser
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.loop import Worker
+    from worker.metrics import Health, Metrics, MetricsServer
+    from worker.state.store import StoreUnavailable
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    metrics, health = Metrics(), Health()
+    server = MetricsServer(metrics, health, settings.metrics_host, settings.metrics_port).start()
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.port)
+    try:
+        worker = Worker(settings, metrics=metrics, health=health)
+        worker.start()
+    except StoreUnavailable as error:
+        log.critical("%s (TAILOR_REDIS_URL)", error)
+        server.stop()
+        return 1
+    try:
+        worker.run(stop, idle_exit_s=args.exit_when_idle)
+    finally:
+        server.stop()
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.demo import DemoOptions, run_demo
+
+    options = DemoOptions(spotlight_users=args.users, events_per_user=args.events, shown=args.shown)
+    return run_demo(settings.with_overrides(metrics_port=0), options, Console())
+
+
+def _schemas(_settings: Settings, args: argparse.Namespace) -> int:
+    from worker.contract.schemas import render_schemas, write_schemas
+
+    if args.check:
+        drifted = [
+            name
+            for name, text in render_schemas().items()
+            if not (args.out / name).is_file() or (args.out / name).read_text() != text
+        ]
+        for name in drifted:
+            print(f"schemas/{name} differs from the models: run `tailor schemas`", file=sys.stderr)
+        return 1 if drifted else 0
+    for path in write_schemas(args.out):
+        print(path)
+    return 0
+
+
+def _forget(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.state.store import UserStore, connect_redis
+    from worker.transport.kafka import make_producer
+
+    store = UserStore(connect_redis(settings), settings)
+    removed = store.erase([args.user_id])
+    producer = make_producer(settings)
+    producer.produce(settings.recommendations_topic, key=args.user_id.encode(), value=None)
+    left = producer.flush(30)
+    remaining = store.keys_of(args.user_id)
+    print(f"removed {removed} key(s); tombstone {'NOT ' if left else ''}published")
+    if remaining or left:
+        print(f"still present: {[key.decode() for key in remaining]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _config(settings: Settings, _args: argparse.Namespace) -> int:
+    table = Table(title="Tailor settings", show_lines=False)
+    table.add_column("environment variable")
+    table.add_column("value")
+    table.add_column("meaning")
+    for name, field in type(settings).model_fields.items():
+        table.add_row(
+            f"TAILOR_{name.upper()}", str(getattr(settings, name)), field.description or ""
+        )
+    Console().print(table)
+    return 0
+
+
+_COMMANDS = {
+    "run": _run,
+    "demo": _demo,
+    "schemas": _schemas,
+    "forget": _forget,
+    "config": _config,
+}
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("tailor.demo").setLevel(level)

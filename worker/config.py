@@ -1,0 +1,186 @@
+"""The one configuration object: ``TAILOR_*`` environment variables over an optional file.
+
+Every topic name, size, threshold and model knob lives here, frozen, so that a running
+worker cannot drift from what it logged at start-up. A wrong value stops start-up with one
+line that names the setting (see :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+
+ENV_PREFIX = "TAILOR_"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong or missing; the message names it as the operator would type it."""
+
+
+class Settings(BaseSettings):
+    """Everything a worker, the demo and the evaluation harness can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_ignore_empty=True
+    )
+
+    # Kafka
+    bootstrap_servers: str = Field("localhost:9092", min_length=1, description="Kafka brokers")
+    events_topic: str = Field("tailor.events", min_length=1)
+    catalog_topic: str = Field("tailor.catalog", min_length=1)
+    recommendations_topic: str = Field("tailor.recommendations", min_length=1)
+    dlq_topic: str = Field("tailor.events.dlq", min_length=1)
+    group_id: str = Field("tailor", min_length=1, description="consumer group of the workers")
+    client_id: str = Field("tailor-worker", min_length=1)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_ssl_certificate_location: Path | None = None
+    kafka_ssl_key_location: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict, description="extra librdkafka settings passed through as they are"
+    )
+
+    # Micro-batching and delivery
+    batch_size: int = Field(500, ge=1, le=100_000, description="max events per micro-batch")
+    batch_wait_ms: int = Field(5, ge=0, le=10_000, description="max wait to fill a batch")
+    commit_interval_ms: int = Field(1000, ge=10, le=60_000)
+    max_message_bytes: int = Field(65_536, ge=256, le=10_485_760)
+    max_future_skew_s: float = Field(600.0, ge=0, description="reject events this far ahead")
+    outage_timeout_s: float = Field(
+        300.0, gt=0, description="stop (uncommitted) when Redis stays away this long"
+    )
+
+    # Redis
+    redis_url: str = Field("redis://localhost:6379/0", description="redis://, rediss:// or unix://")
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_key_prefix: str = Field("tailor", min_length=1, max_length=32, pattern=r"^[\w.-]+$")
+    redis_timeout_s: float = Field(2.0, gt=0, le=60)
+    redis_chunk_size: int = Field(1000, ge=1, le=100_000, description="commands per pipeline")
+    user_ttl_s: int = Field(90 * 24 * 3600, ge=60, description="idle user state expires after")
+
+    # Recommender
+    top_k: int = Field(20, ge=1, le=500, description="items per published list")
+    recent_window: int = Field(30, ge=1, le=1000, description="recent items kept per user")
+    covis_neighbours: int = Field(64, ge=2, le=1000, description="top-M co-visitation per item")
+    covis_recent: int = Field(5, ge=1, le=100, description="recent items that pull neighbours")
+    vector_dim: int = Field(32, ge=2, le=512)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    regularization: float = Field(0.002, ge=0, le=1)
+    trending_half_life_s: float = Field(3 * 24 * 3600.0, gt=0)
+    trending_pool: int = Field(200, ge=1, le=100_000, description="trending candidates per user")
+    taste_pool: int = Field(2000, ge=0, le=1_000_000, description="items the taste search scans")
+    explore_share: float = Field(0.05, ge=0, lt=1, description="share of slots that explore")
+    max_per_category: int = Field(0, ge=0, description="0 = no diversity cap")
+    just_bought_window_s: float = Field(3600.0, ge=0, description="hide items bought this recently")
+    deny_categories: list[str] = Field(default_factory=list)
+    ranker_memory_users: int = Field(
+        10_000, ge=0, description="users whose last candidates are kept for ranker training"
+    )
+    max_items: int = Field(2_000_000, ge=10, description="bound on items the models track")
+    seed: int = 7
+
+    # Operations
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
+            raise ValueError(
+                "kafka_sasl_mechanism is required when kafka_security_protocol is SASL_*"
+            )
+        if self.kafka_sasl_mechanism and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError("kafka_sasl_username and kafka_sasl_password are required for SASL")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit arguments, then the environment, then the config file, then defaults."""
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls),
+            YamlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A validated copy; the demo and tests use it to point at their own servers."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings or raise :class:`ConfigError` naming the first bad setting."""
+    settings_cls: type[Settings] = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"--config {config_file}: no such file")
+        key = {".toml": "toml_file", ".yaml": "yaml_file", ".yml": "yaml_file"}.get(
+            config_file.suffix.lower()
+        )
+        if key is None:
+            raise ConfigError(f"--config {config_file}: use a .toml, .yaml or .yml file")
+        config = {**Settings.model_config, key: config_file}
+        settings_cls = type("FileSettings", (Settings,), {"model_config": config})
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_error(error)) from None
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per problem: the environment variable, the field and what is wrong."""
+    lines = []
+    for problem in error.errors():
+        location = [str(part) for part in problem["loc"]]
+        field = location[0] if location else ""
+        message = problem["msg"].removeprefix("Value error, ")
+        if field:
+            given = problem.get("input")
+            shown = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+            lines.append(f"{ENV_PREFIX}{field.upper()} ({'.'.join(location)}): {message}{shown}")
+        else:
+            lines.append(f"settings: {message}")
+    return "invalid setting: " + "; ".join(lines)

@@ -1,0 +1,443 @@
+"""The worker loop: the one module that wires the stages together.
+
+Per micro-batch: consume -> decode (bad -> DLQ) -> read users (one Redis round trip) ->
+recommender core -> write users (one round trip, offset-guarded) -> produce lists ->
+offsets stored once every output of the batch is acknowledged -> librdkafka commits them
+in the background. A crash therefore replays, and the offset guard in Redis makes the
+replay harmless for per-user state (see DESIGN.md "Delivery semantics").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from worker.config import Settings
+from worker.decode import DeadLetter, decode_catalog_item, decode_event
+from worker.metrics import Health, Metrics
+from worker.recommend import BatchResult, Envelope, Recommender
+from worker.state.store import StoreUnavailable, UserStore, connect_redis
+from worker.transport.delivery import DeliveryTracker, PendingBatch
+from worker.transport.dlq import dead_letter_headers
+from worker.transport.kafka import (
+    assign_whole_topic,
+    make_catalog_consumer,
+    make_consumer,
+    make_producer,
+)
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("tailor.worker")
+T = TypeVar("T")
+
+_MAX_BACKOFF_S = 5.0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Running totals, for logs and for the demo's summary."""
+
+    batches: int = 0
+    consumed: int = 0
+    processed: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    published: int = 0
+    erased: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_client: redis.Redis | None = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        recommender: Recommender | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = health or Health()
+        self.stats = WorkerStats()
+        self.recommender = recommender or Recommender(settings)
+        self.store = UserStore(
+            redis_client if redis_client is not None else connect_redis(settings),
+            settings,
+            observe_round_trip=self.metrics.redis_round_trip.observe,
+        )
+        self.producer: Producer = make_producer(settings, error_cb=self._on_kafka_error)
+        self.consumer: Consumer = make_consumer(
+            settings, error_cb=self._on_kafka_error, stats_cb=self._on_stats
+        )
+        self.catalog: Consumer = make_catalog_consumer(settings)
+        self.tracker = DeliveryTracker(self._store_offsets)
+        self._skew = timedelta(seconds=settings.max_future_skew_s)
+        self._paused = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, catalog_timeout_s: float = 30.0) -> None:
+        """Fail fast on Redis, load the catalog, join the group."""
+        if not self.store.ping():
+            raise StoreUnavailable(f"cannot reach Redis at {self.settings.redis_url}")
+        partitions = assign_whole_topic(self.catalog, self.settings.catalog_topic)
+        loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
+        log.info("catalog: %d items from %d partition(s)", loaded, partitions)
+        self.consumer.subscribe(
+            [self.settings.events_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self.health.set_ready(True)
+        self.metrics.ready.set(1)
+        log.info(
+            "consuming %s as group %s; publishing to %s",
+            self.settings.events_topic,
+            self.settings.group_id,
+            self.settings.recommendations_topic,
+        )
+
+    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> WorkerStats:
+        """Turn the loop until ``stop`` is set (signals only set it), then close cleanly."""
+        idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                if self.step():
+                    idle_since = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        """Finish what is in flight: flush outputs, store and commit offsets, leave the group."""
+        remaining = self.producer.flush(30)
+        if remaining:
+            log.error("%d outputs were not acknowledged; their events will be replayed", remaining)
+        else:
+            self.tracker.advance()
+            self._commit()
+        self.consumer.close()
+        self.catalog.close()
+        self.health.set_ready(False, "stopped")
+        self.metrics.ready.set(0)
+        log.info(
+            "stopped: %d consumed, %d processed, %d replayed, %d dead-lettered, %d published",
+            self.stats.consumed,
+            self.stats.processed,
+            self.stats.replayed,
+            self.stats.dead_lettered,
+            self.stats.published,
+        )
+
+    # -- one micro-batch --------------------------------------------------------------
+
+    def step(self) -> int:
+        """Consume and handle one micro-batch; returns how many messages it held."""
+        self.health.beat()
+        self.producer.poll(0)
+        self._poll_catalog(500, 0)
+        messages = self.consumer.consume(
+            self.settings.batch_size, self.settings.batch_wait_ms / 1000
+        )
+        self.tracker.advance()
+        if not messages:
+            return 0
+        started = time.perf_counter()
+        envelopes: list[Envelope] = []
+        letters: list[tuple[DeadLetter, Message]] = []
+        sent_at: dict[str, float] = {}  # user -> Kafka timestamp of their latest event (s)
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_kafka_error(error)
+                continue
+            topic, partition, offset = _coordinates(message)
+            next_offsets[(topic, partition)] = offset + 1
+            decoded = decode_event(
+                message.value(),
+                max_bytes=self.settings.max_message_bytes,
+                max_future_skew=self._skew,
+            )
+            if decoded.event is None:
+                assert decoded.dead_letter is not None
+                letters.append((decoded.dead_letter, message))
+                continue
+            envelopes.append(Envelope(decoded.event, partition, offset))
+            kind, stamp = message.timestamp()
+            if kind != 0:  # TIMESTAMP_NOT_AVAILABLE
+                sent_at[decoded.event.user_id] = stamp / 1000.0
+        users = list(dict.fromkeys(envelope.event.user_id for envelope in envelopes))
+        states = self._with_redis(lambda: self.store.read(users))
+        result = self.recommender.process(envelopes, states)
+        outcome = self._with_redis(lambda: self.store.write(result.writes))
+        if result.erased:
+            self._with_redis(lambda: self.store.erase(result.erased))
+        batch = self.tracker.open(next_offsets)
+        self._publish(batch, result, sent_at)
+        for letter, message in letters:
+            self._dead_letter(batch, letter, message)
+        self.tracker.seal(batch)
+        self.producer.poll(0)
+        self._account(len(messages), result, len(letters), outcome.stale, started)
+        return len(messages)
+
+    def _publish(self, batch: PendingBatch, result: BatchResult, sent_at: dict[str, float]) -> None:
+        topic = self.settings.recommendations_topic
+        erased = set(result.erased) | {w.state.user_id for w in result.writes if w.erase_first}
+        for user_id in erased:  # a tombstone tells readers to drop what they kept
+            self._produce(batch, topic, user_id.encode(), None, None)
+        for published in result.published:
+            self._produce(
+                batch,
+                topic,
+                published.user_id.encode(),
+                published.to_json(),
+                sent_at.get(published.user_id),
+                counts_as_publish=True,
+            )
+
+    def _dead_letter(
+        self, batch: PendingBatch | None, letter: DeadLetter, message: Message
+    ) -> None:
+        log.warning(
+            "dead letter from %s[%d]@%d: %s (%s) %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            letter.reason.value,
+            letter.field or "-",
+            letter.detail,
+        )
+        self.metrics.dead_lettered.labels(letter.reason.value).inc()
+        self._produce(
+            batch,
+            self.settings.dlq_topic,
+            message.key(),
+            message.value(),
+            None,
+            headers=dead_letter_headers(letter, message),
+        )
+
+    def _produce(
+        self,
+        batch: PendingBatch | None,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        sent_at: float | None,
+        *,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        counts_as_publish: bool = False,
+    ) -> None:
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if batch is not None:
+                self.tracker.acknowledged(batch, None if error is None else str(error))
+            if error is not None:
+                log.error("delivery to %s failed: %s", topic, error)
+                return
+            if counts_as_publish:
+                self.metrics.published.inc()
+                self.stats.published += 1
+                if sent_at is not None:
+                    self.metrics.event_to_publish.observe(max(0.0, time.time() - sent_at))
+
+        if batch is not None:
+            self.tracker.sent(batch)
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+                )
+                return
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self.producer.poll(0.05)
+
+    def _account(
+        self, consumed: int, result: BatchResult, letters: int, stale: int, started: float
+    ) -> None:
+        stats, metrics = self.stats, self.metrics
+        stats.batches += 1
+        stats.consumed += consumed
+        stats.processed += result.applied
+        stats.replayed += result.replayed
+        stats.dead_lettered += letters
+        stats.erased += len(result.erased)
+        metrics.consumed.labels(self.settings.events_topic).inc(consumed)
+        metrics.processed.inc(result.applied)
+        metrics.replayed.inc(result.replayed)
+        metrics.erased.inc(len(result.erased))
+        metrics.stale_writes.inc(stale)
+        metrics.batch_size.observe(consumed)
+        metrics.batch_seconds.observe(time.perf_counter() - started)
+        if stale:
+            log.warning(
+                "%d user writes refused by the offset guard (another writer was ahead)", stale
+            )
+
+    # -- catalog ----------------------------------------------------------------------
+
+    def _load_catalog(self, timeout_s: float) -> int:
+        """Read the compacted catalog up to its end before serving, within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._poll_catalog(5000, 0.2)
+            if self._catalog_caught_up():
+                break
+        else:
+            log.warning("catalog not fully loaded after %.0f s; continuing", timeout_s)
+        return self.recommender.catalog.size
+
+    def _catalog_caught_up(self) -> bool:
+        for partition in self.catalog.assignment():
+            _, high = self.catalog.get_watermark_offsets(partition, timeout=5)
+            position = self.catalog.position([partition])[0].offset
+            if high > 0 and position < high:
+                return False
+        return True
+
+    def _poll_catalog(self, limit: int, timeout_s: float) -> None:
+        for message in self.catalog.consume(limit, timeout_s):
+            error = message.error()
+            if error is not None:
+                self._on_kafka_error(error)
+                continue
+            key = message.key()
+            value = message.value()
+            if value is None:
+                if key:
+                    self.recommender.apply_catalog(key.decode("utf-8", "replace"), None)
+                continue
+            item = decode_catalog_item(value, max_bytes=self.settings.max_message_bytes)
+            if isinstance(item, DeadLetter):
+                self._dead_letter(None, item, message)
+                continue
+            self.recommender.apply_catalog(item.item_id, item)
+        self.metrics.catalog_items.set(self.recommender.catalog.size)
+
+    # -- offsets and rebalances -------------------------------------------------------
+
+    def _store_offsets(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        if not next_offsets:
+            return
+        partitions = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            self.consumer.store_offsets(offsets=partitions)
+        except KafkaException as error:  # partition no longer ours: its new owner replays
+            log.debug("offsets not stored: %s", error)
+
+    def _commit(self) -> None:
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("commit failed: %s", error)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", _describe(partitions))
+        self.metrics.clear_lag()
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Short and bounded: flush outputs, store what is acknowledged, commit."""
+        log.info("revoked %s", _describe(partitions))
+        self.producer.flush(10)
+        self.tracker.advance()
+        self._commit()
+        self.metrics.clear_lag()
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost, not revoked: someone else may own them already, so commit nothing."""
+        log.warning("lost %s", _describe(partitions))
+        self.tracker.forget({(p.topic, p.partition) for p in partitions})
+        self.metrics.clear_lag()
+
+    # -- outages ---------------------------------------------------------------------
+
+    def _with_redis(self, operation: Callable[[], T]) -> T:
+        """Run a Redis operation; while Redis is away, pause consumption and back off.
+
+        The batch in hand is kept (it is bounded); nothing new is fetched, the group
+        membership stays alive through ``poll``, and after ``outage_timeout_s`` the worker
+        stops loudly without committing, so another worker or a restart replays.
+        """
+        backoff, since = 0.1, time.monotonic()
+        while True:
+            try:
+                result = operation()
+            except StoreUnavailable as error:
+                waited = time.monotonic() - since
+                if waited > self.settings.outage_timeout_s:
+                    raise
+                if not self._paused:
+                    log.error("Redis unavailable, pausing consumption: %s", error)
+                    self.consumer.pause(self.consumer.assignment())
+                    self._paused = True
+                self.health.set_ready(False, "redis unreachable")
+                self.metrics.ready.set(0)
+                self.health.beat()
+                self._idle(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            if self._paused:
+                log.info("Redis is back, resuming consumption")
+                self.consumer.resume(self.consumer.assignment())
+                self._paused = False
+                self.health.set_ready(True)
+                self.metrics.ready.set(1)
+            return result
+
+    def _idle(self, seconds: float) -> None:
+        """Wait while serving the group; a message fetched meanwhile is sought back."""
+        self.producer.poll(0)
+        message = self.consumer.poll(seconds)
+        if message is not None and message.error() is None:
+            self.consumer.seek(TopicPartition(*_coordinates(message)))
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.health.set_ready(False, "all Kafka brokers down")
+            self.metrics.ready.set(0)
+        if error.fatal():
+            log.critical("fatal Kafka error: %s", error)
+            raise KafkaException(error)
+        log.warning("Kafka: %s", error)
+
+    def _on_stats(self, text: str) -> None:
+        stats: dict[str, Any] = orjson.loads(text)
+        lags = []
+        for topic, data in stats.get("topics", {}).items():
+            for partition, info in data.get("partitions", {}).items():
+                lag = info.get("consumer_lag", -1)
+                if partition != "-1" and lag >= 0:
+                    lags.append((topic, int(partition), int(lag)))
+        self.metrics.set_lag(lags)
+        if lags and not self._paused and self.health.why == "all Kafka brokers down":
+            self.health.set_ready(True)
+            self.metrics.ready.set(1)
+
+
+def _coordinates(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message (always set for those)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None
+    assert partition is not None
+    assert offset is not None
+    return topic, partition, offset
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"

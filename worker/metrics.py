@@ -1,0 +1,158 @@
+"""Every Prometheus series Tailor exposes, declared once, plus the HTTP endpoint.
+
+Seconds are the unit, labels are bounded (topic, partition, DLQ reason): never a user or
+item id. The registry is injectable so tests and the demo get fresh, isolated series.
+``/metrics`` is prometheus-client's own WSGI exposition; ``/healthz`` answers while the
+loop turns, ``/readyz`` while Kafka and Redis are reachable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+__all__ = ["Health", "Metrics", "MetricsServer"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "tailor_events_consumed", "Messages read from Kafka", ["topic"], registry=r
+        )
+        self.processed = Counter(
+            "tailor_events_processed", "Valid events applied to state and models", registry=r
+        )
+        self.replayed = Counter(
+            "tailor_events_replayed",
+            "Events skipped because the user's state already reflected them (exactly once)",
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "tailor_events_dead_lettered", "Messages sent to the DLQ", ["reason"], registry=r
+        )
+        self.published = Counter(
+            "tailor_recommendations_published", "Recommendation lists delivered", registry=r
+        )
+        self.erased = Counter("tailor_users_erased", "Users erased by forget requests", registry=r)
+        self.batch_size = Histogram(
+            "tailor_batch_size", "Events per micro-batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "tailor_batch_processing_seconds",
+            "Decode to produce, per micro-batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_to_publish = Histogram(
+            "tailor_event_to_publish_seconds",
+            "From the event's Kafka timestamp to its recommendation's delivery report",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_round_trip = Histogram(
+            "tailor_redis_roundtrip_seconds",
+            "One pipelined Redis round trip",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "tailor_consumer_lag",
+            "Messages behind the end of the partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.ready = Gauge("tailor_ready", "1 when Kafka and Redis are reachable", registry=r)
+        self.catalog_items = Gauge(
+            "tailor_catalog_items", "Items known from the catalog topic", registry=r
+        )
+        self.stale_writes = Counter(
+            "tailor_stale_writes",
+            "User writes refused because a newer offset was already applied",
+            registry=r,
+        )
+
+    def set_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
+        for topic, partition, lag in lags:
+            self.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    def clear_lag(self) -> None:
+        """Forget partition series on rebalance so revoked partitions do not linger."""
+        self.consumer_lag.clear()
+
+
+class Health:
+    """Liveness is a heartbeat from the loop; readiness is set by whoever sees an outage."""
+
+    def __init__(self, stale_after_s: float = 60.0) -> None:
+        self.stale_after_s = stale_after_s
+        self._beat = time.monotonic()
+        self._ready = False
+        self._why = "starting"
+
+    def beat(self) -> None:
+        self._beat = time.monotonic()
+
+    def set_ready(self, ready: bool, why: str = "") -> None:
+        self._ready, self._why = ready, why
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self._beat < self.stale_after_s
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self.alive
+
+    @property
+    def why(self) -> str:
+        return self._why
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would drown the worker's own log."""
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on one port, in a daemon thread."""
+
+    def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
+        exposition = make_wsgi_app(metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path in ("/healthz", "/readyz"):
+                ok = health.alive if path == "/healthz" else health.ready
+                text = "ok\n" if ok else f"not ready: {health.why}\n"
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable",
+                    [("Content-Type", "text/plain; charset=utf-8")],
+                )
+                return [text.encode()]
+            return exposition(environ, start_response)  # type: ignore[no-any-return]
+
+        self._server: WSGIServer = make_server(
+            host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler
+        )
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

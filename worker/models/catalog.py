@@ -1,0 +1,120 @@
+"""Item content from the catalog topic: availability, category, titles, content vectors.
+
+Feeds content-based filtering (same-category candidates, content-initialised item
+vectors), the business filters (unavailable, deny-listed categories) and the reasons.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.contract import CatalogItem
+from worker.models.arrays import grow_rows
+
+__all__ = ["Catalog", "content_vector"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+_WORD = re.compile(r"[a-z0-9]{3,}")
+_NO_CATEGORY = -1
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self.available: npt.NDArray[np.bool_] = np.ones(0, dtype=bool)
+        self.category: npt.NDArray[np.int64] = np.full(0, _NO_CATEGORY, dtype=np.int64)
+        self.category_names: list[str] = []
+        self._category_ids: dict[str, int] = {}
+        self.members: dict[int, list[int]] = {}
+        self.titles: dict[int, str] = {}
+        self.size = 0
+
+    def upsert(self, row: int, item: CatalogItem) -> None:
+        self._ensure(row + 1)
+        old = int(self.category[row])
+        new = self._category_id(item.leaf_category) if item.leaf_category else _NO_CATEGORY
+        if old != new:
+            if old != _NO_CATEGORY:
+                self.members[old].remove(row)
+            if new != _NO_CATEGORY:
+                self.members.setdefault(new, []).append(row)
+            self.category[row] = new
+        if row not in self.titles:
+            self.size += 1
+        self.titles[row] = item.title or item.item_id
+        self.available[row] = item.available
+
+    def delete(self, row: int) -> None:
+        """A tombstone: the item may still appear in history, but is never recommended."""
+        self._ensure(row + 1)
+        self.available[row] = False
+        if self.titles.pop(row, None) is not None:
+            self.size -= 1
+
+    def ensure(self, rows: int) -> None:
+        self._ensure(rows)
+
+    def title(self, row: int, fallback: str) -> str:
+        return self.titles.get(row, fallback)
+
+    def category_name(self, row: int) -> str | None:
+        if row >= self.category.size or self.category[row] == _NO_CATEGORY:
+            return None
+        return self.category_names[int(self.category[row])]
+
+    def categories_of(self, rows: IntArray) -> IntArray:
+        safe = np.clip(rows, 0, max(self.category.size - 1, 0))
+        if self.category.size == 0:
+            return np.full(rows.size, _NO_CATEGORY, dtype=np.int64)
+        return np.where(rows < self.category.size, self.category[safe], _NO_CATEGORY)
+
+    def category_ids(self, names: list[str]) -> IntArray:
+        found = (self._category_ids.get(name) for name in names)
+        return np.fromiter((cid for cid in found if cid is not None), dtype=np.int64)
+
+    def _category_id(self, name: str) -> int:
+        found = self._category_ids.get(name)
+        if found is None:
+            found = self._category_ids[name] = len(self.category_names)
+            self.category_names.append(name)
+        return found
+
+    def _ensure(self, rows: int) -> None:
+        self.available = grow_rows(self.available, rows, fill=True)
+        self.category = grow_rows(self.category, rows, fill=_NO_CATEGORY)
+
+
+def content_vector(item: CatalogItem, dim: int) -> FloatArray | None:
+    """A unit vector from category, tags and title words (hashed random projection).
+
+    Items that share words land near each other, which is what gives a brand-new item
+    sensible taste neighbours before anybody has touched it.
+    """
+    tokens = [f"c:{name.lower()}" for name in item.category]
+    tokens += [f"t:{tag.lower()}" for tag in item.tags]
+    tokens += [f"w:{word}" for word in _WORD.findall(item.title.lower())]
+    vector = np.zeros(dim, dtype=np.float64)
+    for token in tokens:
+        weight = 2.0 if token.startswith("c:") else 1.0
+        vector += weight * _token_vector(token, dim)
+    if item.embedding:
+        embedding = np.asarray(item.embedding, dtype=np.float64)
+        projection = np.random.default_rng(len(embedding)).standard_normal((embedding.size, dim))
+        vector += 3.0 * (embedding @ projection) / max(float(np.linalg.norm(embedding)), 1e-9)
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        return None
+    unit: FloatArray = (vector / norm).astype(np.float32)
+    return unit
+
+
+def _token_vector(token: str, dim: int) -> npt.NDArray[np.float64]:
+    seed = zlib.crc32(token.encode("utf-8"))
+    vector: npt.NDArray[np.float64] = np.random.default_rng(seed).standard_normal(dim)
+    vector /= np.sqrt(dim)
+    return vector

@@ -1,0 +1,354 @@
+"""The recommender core: (user states, events) -> (new user states, recommendations).
+
+No I/O happens here. ``tailor run`` feeds it micro-batches read from Kafka with states read
+from Redis; the demo feeds it the same way through the mock cluster and fakeredis; the
+evaluation harness feeds it a log. One code path, so what is measured is what runs.
+
+A micro-batch is handled in three steps:
+
+1. **sort out** the events per user: drop those at or below the user's applied offset
+   (a replay after a crash changes nothing), and honour ``forget`` requests;
+2. **learn** from all fresh events at once: the ranker (from what the user did after the
+   previous list), trending, co-visitation and taste vectors (vectorised over the batch);
+3. **recommend** for every touched user: candidates -> features -> ranker -> filters ->
+   diversity -> exploration -> top-K with reasons.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from worker import __version__
+from worker.config import Settings
+from worker.contract import CatalogItem, Event, EventType
+from worker.models.catalog import Catalog, content_vector
+from worker.models.covisitation import CoVisitation
+from worker.models.index import ItemIndex
+from worker.models.ranker import Ranker
+from worker.models.taste import TasteModel
+from worker.models.trending import Trending
+from worker.recommend.candidates import Candidates, UserContext, gather_candidates
+from worker.recommend.lists import finish_list
+from worker.recommend.signals import event_weight
+from worker.state.user import Interaction, UserState, UserWrite
+
+__all__ = ["BatchResult", "Envelope", "Published", "Recommender"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+MODEL_VERSION = f"tailor-{__version__}"
+_NEGATIVES_PER_EVENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An event with where it came from; the offset is what makes updates exactly-once."""
+
+    event: Event
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A recommendation ready to serialise (see :class:`worker.contract.Recommendation`)."""
+
+    user_id: str
+    items: list[tuple[str, float, list[str]]]
+    source_event_id: str
+    covered_event_ids: list[str]
+    generated_at: datetime
+    model_version: str = MODEL_VERSION
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "schema_version": 1,
+                "user_id": self.user_id,
+                "items": [
+                    {"item_id": item, "score": round(score, 6), "reasons": reasons}
+                    for item, score, reasons in self.items
+                ],
+                "source_event_id": self.source_event_id,
+                "covered_event_ids": self.covered_event_ids,
+                "generated_at": self.generated_at.isoformat(timespec="milliseconds"),
+                "model_version": self.model_version,
+            }
+        )
+
+
+@dataclass(slots=True)
+class BatchResult:
+    writes: list[UserWrite] = field(default_factory=list)  # users whose state changed
+    published: list[Published] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
+    replayed: int = 0  # events already applied before (skipped: exactly once)
+    applied: int = 0
+
+
+@dataclass(slots=True)
+class _UserBatch:
+    state: UserState
+    fresh: list[Envelope]
+    covered: list[Envelope]
+    erase_first: bool
+
+
+class Recommender:
+    """All shared models plus the per-batch procedure; one instance per worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.index = ItemIndex(settings.max_items)
+        self.catalog = Catalog()
+        self.trending = Trending(
+            settings.trending_half_life_s,
+            top_size=max(settings.trending_pool, settings.taste_pool),
+            segment_size=settings.trending_pool,
+        )
+        self.covis = CoVisitation(settings.covis_neighbours, settings.trending_half_life_s)
+        self.taste = TasteModel(
+            settings.vector_dim, settings.learning_rate, settings.regularization, settings.seed
+        )
+        self.ranker = Ranker()
+        self.rng = np.random.default_rng(settings.seed)
+        self.deny_categories = set(settings.deny_categories)
+        self._shown: OrderedDict[str, Candidates] = OrderedDict()
+
+    # -- catalog ------------------------------------------------------------------------
+
+    def apply_catalog(self, item_id: str, item: CatalogItem | None) -> None:
+        """An upsert from the catalog topic, or a tombstone (``item`` None) deleting it."""
+        row = self.index.row(item_id)
+        if row < 0:
+            return
+        if item is None:
+            self.catalog.delete(row)
+            return
+        self.catalog.upsert(row, item)
+        vector = content_vector(item, self.settings.vector_dim)
+        if vector is not None:
+            self.taste.set_content(row, vector)
+
+    # -- one micro-batch ------------------------------------------------------------------
+
+    def process(
+        self,
+        batch: Sequence[Envelope],
+        states: Mapping[str, UserState | None],
+        now: datetime | None = None,
+    ) -> BatchResult:
+        """Learn from ``batch`` and return every touched user's new state and list."""
+        result = BatchResult()
+        users = self._sort_out(batch, states, result)
+        self._learn(users)
+        generated_at = now or datetime.now(UTC)
+        for user_id, user in users.items():
+            result.applied += len(user.fresh)
+            last = user.covered[-1].event
+            context = UserContext.of(last)
+            items = self.recommend(user.state, context)
+            user.state.last_list = [item for item, _, _ in items]
+            if user.fresh or user.erase_first:
+                result.writes.append(UserWrite(user.state, user.erase_first))
+            result.published.append(
+                Published(
+                    user_id=user_id,
+                    items=items,
+                    source_event_id=last.event_id,
+                    covered_event_ids=[envelope.event.event_id for envelope in user.covered],
+                    generated_at=generated_at,
+                )
+            )
+        return result
+
+    def _sort_out(
+        self,
+        batch: Sequence[Envelope],
+        states: Mapping[str, UserState | None],
+        result: BatchResult,
+    ) -> dict[str, _UserBatch]:
+        grouped: dict[str, list[Envelope]] = {}
+        for envelope in batch:
+            grouped.setdefault(envelope.event.user_id, []).append(envelope)
+        users: dict[str, _UserBatch] = {}
+        for user_id, received in grouped.items():
+            state = states.get(user_id)
+            forgets = [k for k, e in enumerate(received) if e.event.type is EventType.FORGET]
+            erase_first = bool(forgets)
+            envelopes = received
+            if forgets:
+                # Everything up to the last forget is erased; later events start afresh.
+                state = None
+                envelopes = received[forgets[-1] + 1 :]
+                if not envelopes:
+                    result.erased.append(user_id)
+                    continue
+            if state is None:
+                state = UserState(user_id=user_id, vector=self.taste.new_user(user_id))
+            fresh = [e for e in envelopes if not state.already_applied(e.partition, e.offset)]
+            result.replayed += len(envelopes) - len(fresh)
+            users[user_id] = _UserBatch(state, fresh, envelopes, erase_first)
+        return users
+
+    # -- learning ---------------------------------------------------------------------------
+
+    def _learn(self, users: Mapping[str, _UserBatch]) -> None:
+        window = self.settings.recent_window
+        self._train_ranker(users)
+        user_vectors = np.stack([u.state.vector for u in users.values()]) if users else None
+        slots: list[int] = []
+        rows: list[int] = []
+        weights: list[float] = []
+        times: list[float] = []
+        segments: list[tuple[str, ...]] = []
+        pair_from: list[int] = []
+        pair_to: list[int] = []
+        pair_weight: list[float] = []
+        pair_time: list[float] = []
+        for slot, user in enumerate(users.values()):
+            state = user.state
+            reach = self.settings.covis_recent
+            recent_rows = [self.index.row(i.item_id) for i in state.recent[-reach:]]
+            for envelope in user.fresh:
+                event = envelope.event
+                state.events += 1
+                state.last_seen = max(state.last_seen, event.epoch_seconds)
+                state.offsets[envelope.partition] = max(
+                    envelope.offset, state.offsets.get(envelope.partition, -1)
+                )
+                assert event.item_id is not None  # forget events never reach here
+                row = self.index.row(event.item_id)
+                weight = event_weight(event)
+                state.remember(
+                    Interaction(event.item_id, event.type.value, event.epoch_seconds), window
+                )
+                if row < 0:
+                    continue
+                slots.append(slot)
+                rows.append(row)
+                weights.append(weight)
+                times.append(event.epoch_seconds)
+                segments.append(UserContext.of(event).segments)
+                if weight > 0:
+                    for distance, previous in enumerate(reversed(recent_rows)):
+                        if previous >= 0 and previous != row:
+                            strength = weight / (1.0 + distance)
+                            pair_from += [previous, row]
+                            pair_to += [row, previous]
+                            pair_weight += [strength, strength]
+                            pair_time += [event.epoch_seconds] * 2
+                recent_rows = [*recent_rows, row][-reach:]
+        if not rows or user_vectors is None:
+            return
+        row_array = np.array(rows, dtype=np.int64)
+        weight_array = np.array(weights)
+        time_array = np.array(times)
+        self.catalog.ensure(int(row_array.max()) + 1)
+        self.trending.observe(row_array, np.maximum(weight_array, 0.0), time_array, segments)
+        self.covis.observe(
+            np.array(pair_from, dtype=np.int64),
+            np.array(pair_to, dtype=np.int64),
+            np.array(pair_weight),
+            np.array(pair_time),
+        )
+        negatives = self._sample_negatives(row_array.size)
+        liked = weight_array > 0
+        self.taste.learn(
+            user_vectors,
+            np.array(slots, dtype=np.int64),
+            np.where(liked, row_array, negatives),
+            np.where(liked, negatives, row_array),
+            np.abs(weight_array) / 4.0,
+        )
+        for slot, user in enumerate(users.values()):
+            user.state.vector = user_vectors[slot]
+
+    def _sample_negatives(self, n: int) -> IntArray:
+        """Negatives drawn from the popular pool: hard negatives, as in BPR practice."""
+        pool = self.trending.top()
+        if pool.size == 0:
+            pool = np.arange(max(len(self.index), 1), dtype=np.int64)
+        return pool[self.rng.integers(0, pool.size, size=n)]
+
+    def _train_ranker(self, users: Mapping[str, _UserBatch]) -> None:
+        """Learn from what each user did after their previous list.
+
+        The features are those the candidates had when the list was made (kept in a
+        bounded in-memory cache; recomputed after a restart). A chosen item that was
+        among the candidates is a positive; items shown and passed over, plus a few
+        other candidates, are negatives. A chosen item outside the candidates teaches
+        the ranker nothing (no ordering of candidates would have shown it).
+        """
+        for user_id, user in users.items():
+            chosen = {e.event.item_id for e in user.fresh if event_weight(e.event) > 0}
+            if not chosen:
+                continue
+            shown = self._shown.pop(user_id, None)
+            if shown is None:
+                if not user.state.last_list:
+                    continue
+                shown = gather_candidates(self, user.state, UserContext.of(user.fresh[0].event))
+            chosen_rows = self.index.known_rows(item for item in chosen if item is not None)
+            positive = _positions(shown.rows, chosen_rows)
+            if positive.size == 0:
+                continue
+            negative = self._negatives(shown, positive, chosen, user.state.last_list)
+            self.ranker.learn(shown.features[positive], shown.features[negative])
+
+    # -- recommending ---------------------------------------------------------------------------
+
+    def recommend(
+        self, state: UserState, context: UserContext
+    ) -> list[tuple[str, float, list[str]]]:
+        """The user's top-K as (item id, score, reasons), best first."""
+        candidates: Candidates = gather_candidates(self, state, context)
+        self._remember_shown(state.user_id, candidates)
+        scores = self.ranker.score(candidates.features)
+        seed = [self.settings.seed, zlib.crc32(state.user_id.encode("utf-8")), state.events]
+        return finish_list(self, state, context, candidates, scores, np.random.default_rng(seed))
+
+    def _negatives(
+        self, shown: Candidates, positive: IntArray, chosen: set[str | None], last_list: list[str]
+    ) -> IntArray:
+        """Negatives that do not teach the ranker its own bias.
+
+        When the chosen item was in the published list, the items shown above or beside
+        it and passed over are the honest negatives. When it was not shown, shown items
+        are exactly the ones the ranker already favoured, so comparing against them
+        would teach it to prefer what it did not show: sample other candidates instead.
+        """
+        was_shown = any(item in chosen for item in last_list)
+        if was_shown:
+            passed = self.index.known_rows(i for i in last_list if i not in chosen)
+            negative = _positions(shown.rows, passed)
+        else:
+            negative = self.rng.integers(0, shown.rows.size, size=_NEGATIVES_PER_EVENT * 2)
+        negative = np.setdiff1d(negative, positive)
+        if negative.size > _NEGATIVES_PER_EVENT:
+            negative = self.rng.choice(negative, _NEGATIVES_PER_EVENT, replace=False)
+        return negative
+
+    def _remember_shown(self, user_id: str, candidates: Candidates) -> None:
+        """Keep the features behind each user's latest list, for the ranker's next lesson."""
+        self._shown[user_id] = candidates
+        self._shown.move_to_end(user_id)
+        while len(self._shown) > self.settings.ranker_memory_users:
+            self._shown.popitem(last=False)
+
+
+def _positions(sorted_rows: IntArray, wanted: IntArray) -> IntArray:
+    """Positions in ``sorted_rows`` of the ``wanted`` rows that it holds."""
+    if sorted_rows.size == 0 or wanted.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    position = np.minimum(np.searchsorted(sorted_rows, wanted), sorted_rows.size - 1)
+    return np.unique(position[sorted_rows[position] == wanted])

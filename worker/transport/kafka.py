@@ -1,0 +1,143 @@
+"""The one Kafka factory: every consumer, producer and admin client is built here.
+
+Settings map to librdkafka keys in one place (security, SASL, SSL, pass-through extras),
+and the loop-hygiene choices live next to the reasons for them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from worker.config import Settings
+
+__all__ = [
+    "client_config",
+    "create_topics",
+    "make_admin",
+    "make_catalog_consumer",
+    "make_consumer",
+    "make_producer",
+]
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Settings shared by every client: brokers, identity and security."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username
+        assert settings.kafka_sasl_password is not None  # checked by Settings
+        config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    for key, path in (
+        ("ssl.ca.location", settings.kafka_ssl_ca_location),
+        ("ssl.certificate.location", settings.kafka_ssl_certificate_location),
+        ("ssl.key.location", settings.kafka_ssl_key_location),
+    ):
+        if path is not None:
+            config[key] = str(path)
+    if settings.kafka_ssl_key_password:
+        config["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+    config.update(settings.kafka_extra)
+    return config
+
+
+def make_consumer(settings: Settings, **callbacks: Callable[..., None]) -> Consumer:
+    """The events consumer of the group.
+
+    Offsets are *stored* by hand only once a batch's outputs are acknowledged, and
+    librdkafka commits what was stored in the background (confluent-kafka's canonical
+    at-least-once pattern); a short fetch wait keeps event-to-publish latency low.
+    """
+    config = client_config(settings) | {
+        "group.id": settings.group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": settings.commit_interval_ms,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 10,
+        "statistics.interval.ms": 5000,
+        "enable.partition.eof": False,
+        "max.poll.interval.ms": 300_000,
+    }
+    config.update(settings.kafka_extra)
+    config.update(callbacks)
+    return Consumer(config)
+
+
+def make_catalog_consumer(settings: Settings) -> Consumer:
+    """Reads the whole compacted catalog topic from the start, outside the group.
+
+    Every worker needs every item, so the catalog is assigned (all partitions), not
+    subscribed: in a group each worker would see only its share of the catalog.
+    """
+    config = client_config(settings) | {
+        "group.id": f"{settings.group_id}.catalog.{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 100,
+    }
+    config.update(settings.kafka_extra)
+    return Consumer(config)
+
+
+def assign_whole_topic(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> int:
+    """Assign every partition of ``topic`` from the beginning; returns the partition count."""
+    metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return 0
+    partitions = [TopicPartition(topic, p, -2) for p in metadata.partitions]  # -2 = beginning
+    consumer.assign(partitions)
+    return len(partitions)
+
+
+def make_producer(settings: Settings, **callbacks: Callable[..., None]) -> Producer:
+    """Idempotent producer with a short linger: recommendations are latency-bound."""
+    config = client_config(settings) | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 2,
+        "compression.type": "lz4",
+        "message.max.bytes": 1_000_000,
+    }
+    config.update(settings.kafka_extra)
+    config.update(callbacks)
+    return Producer(config)
+
+
+def make_admin(settings: Settings) -> AdminClient:
+    return AdminClient(client_config(settings))
+
+
+def create_topics(settings: Settings, partitions: int = 4, timeout_s: float = 30.0) -> None:
+    """Create Tailor's topics when missing (the catalog topic compacted).
+
+    For the demo, tests and first runs; in production, topics are usually owned by
+    whoever runs Kafka, and this is a no-op when they exist.
+    """
+    admin = make_admin(settings)
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [
+        NewTopic(settings.events_topic, partitions, 1),
+        NewTopic(settings.catalog_topic, 1, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.recommendations_topic, partitions, 1),
+        NewTopic(settings.dlq_topic, 1, 1),
+    ]
+    missing = [topic for topic in wanted if topic.topic not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as error:
+            if "TOPIC_ALREADY_EXISTS" not in str(error):
+                raise RuntimeError(f"could not create topic {topic}: {error}") from error
