@@ -37,20 +37,30 @@ class Settings(BaseSettings):
 
     # Kafka
     bootstrap_servers: str = Field("localhost:9092", min_length=1, description="Kafka brokers")
-    events_topic: str = Field("tailor.events", min_length=1)
-    catalog_topic: str = Field("tailor.catalog", min_length=1)
-    recommendations_topic: str = Field("tailor.recommendations", min_length=1)
-    dlq_topic: str = Field("tailor.events.dlq", min_length=1)
+    events_topic: str = Field("tailor.events", min_length=1, description="interactions in")
+    catalog_topic: str = Field(
+        "tailor.catalog", min_length=1, description="compacted catalog: item features"
+    )
+    recommendations_topic: str = Field(
+        "tailor.recommendations", min_length=1, description="refreshed lists out"
+    )
+    dlq_topic: str = Field(
+        "tailor.events.dlq", min_length=1, description="malformed messages, with reason"
+    )
     group_id: str = Field("tailor", min_length=1, description="consumer group of the workers")
-    client_id: str = Field("tailor-worker", min_length=1)
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_ca_location: Path | None = None
-    kafka_ssl_certificate_location: Path | None = None
-    kafka_ssl_key_location: Path | None = None
-    kafka_ssl_key_password: SecretStr | None = None
+    client_id: str = Field("tailor-worker", min_length=1, description="Kafka and Redis client name")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="required with SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
+    kafka_ssl_ca_location: Path | None = Field(None, description="CA bundle for SSL")
+    kafka_ssl_certificate_location: Path | None = Field(None, description="client certificate")
+    kafka_ssl_key_location: Path | None = Field(None, description="client private key")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="key password (secret)")
     kafka_extra: dict[str, str] = Field(
         default_factory=dict, description="extra librdkafka settings passed through as they are"
     )
@@ -58,8 +68,12 @@ class Settings(BaseSettings):
     # Micro-batching and delivery
     batch_size: int = Field(500, ge=1, le=100_000, description="max events per micro-batch")
     batch_wait_ms: int = Field(5, ge=0, le=10_000, description="max wait to fill a batch")
-    commit_interval_ms: int = Field(1000, ge=10, le=60_000)
-    max_message_bytes: int = Field(65_536, ge=256, le=10_485_760)
+    commit_interval_ms: int = Field(
+        1000, ge=10, le=60_000, description="background commit of acknowledged offsets"
+    )
+    max_message_bytes: int = Field(
+        65_536, ge=256, le=10_485_760, description="larger events go to the DLQ as oversize"
+    )
     max_future_skew_s: float = Field(600.0, ge=0, description="reject events this far ahead")
     outage_timeout_s: float = Field(
         300.0, gt=0, description="stop (uncommitted) when Redis stays away this long"
@@ -67,10 +81,12 @@ class Settings(BaseSettings):
 
     # Redis
     redis_url: str = Field("redis://localhost:6379/0", description="redis://, rediss:// or unix://")
-    redis_username: str | None = None
-    redis_password: SecretStr | None = None
-    redis_key_prefix: str = Field("tailor", min_length=1, max_length=32, pattern=r"^[\w.-]+$")
-    redis_timeout_s: float = Field(2.0, gt=0, le=60)
+    redis_username: str | None = Field(None, description="Redis ACL user")
+    redis_password: SecretStr | None = Field(None, description="Redis password (secret)")
+    redis_key_prefix: str = Field(
+        "tailor", min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="key namespace"
+    )
+    redis_timeout_s: float = Field(2.0, gt=0, le=60, description="socket and connect timeout")
     redis_chunk_size: int = Field(1000, ge=1, le=100_000, description="commands per pipeline")
     user_ttl_s: int = Field(90 * 24 * 3600, ge=60, description="idle user state expires after")
 
@@ -79,26 +95,32 @@ class Settings(BaseSettings):
     recent_window: int = Field(30, ge=1, le=1000, description="recent items kept per user")
     covis_neighbours: int = Field(64, ge=2, le=1000, description="top-M co-visitation per item")
     covis_recent: int = Field(5, ge=1, le=100, description="recent items that pull neighbours")
-    vector_dim: int = Field(32, ge=2, le=512)
-    learning_rate: float = Field(0.05, gt=0, le=1)
-    regularization: float = Field(0.002, ge=0, le=1)
-    trending_half_life_s: float = Field(3 * 24 * 3600.0, gt=0)
+    vector_dim: int = Field(32, ge=2, le=512, description="taste vector dimensions")
+    learning_rate: float = Field(0.05, gt=0, le=1, description="taste vector step size")
+    regularization: float = Field(0.002, ge=0, le=1, description="taste vector L2")
+    trending_half_life_s: float = Field(
+        3 * 24 * 3600.0, gt=0, description="event-time half-life of popularity and co-visits"
+    )
     trending_pool: int = Field(200, ge=1, le=100_000, description="trending candidates per user")
     taste_pool: int = Field(2000, ge=0, le=1_000_000, description="items the taste search scans")
     explore_share: float = Field(0.05, ge=0, lt=1, description="share of slots that explore")
     max_per_category: int = Field(0, ge=0, description="0 = no diversity cap")
-    just_bought_window_s: float = Field(3600.0, ge=0, description="hide items bought this recently")
-    deny_categories: list[str] = Field(default_factory=list)
+    just_bought_window_s: float = Field(
+        0.0, ge=0, description="hide items bought this recently (0 = off: shops with reorders)"
+    )
+    deny_categories: list[str] = Field(
+        default_factory=list, description="categories never recommended (JSON list)"
+    )
     ranker_memory_users: int = Field(
         10_000, ge=0, description="users whose last candidates are kept for ranker training"
     )
     max_items: int = Field(2_000_000, ge=10, description="bound on items the models track")
-    seed: int = 7
+    seed: int = Field(7, description="random seed: same seed, same lists")
 
     # Operations
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = Field("0.0.0.0", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
     @field_validator("redis_url")
     @classmethod

@@ -183,7 +183,9 @@ class Worker:
                 sent_at[decoded.event.user_id] = stamp / 1000.0
         users = list(dict.fromkeys(envelope.event.user_id for envelope in envelopes))
         states = self._with_redis(lambda: self.store.read(users))
+        lessons_before = self.recommender.ranker.updates
         result = self.recommender.process(envelopes, states)
+        self.metrics.ranker_lessons.inc(self.recommender.ranker.updates - lessons_before)
         outcome = self._with_redis(lambda: self.store.write(result.writes))
         if result.erased:
             self._with_redis(lambda: self.store.erase(result.erased))

@@ -77,6 +77,11 @@ class Metrics:
         self.catalog_items = Gauge(
             "tailor_catalog_items", "Items known from the catalog topic", registry=r
         )
+        self.ranker_lessons = Counter(
+            "tailor_ranker_lessons",
+            "Pairwise updates of the River ranker (chosen item vs passed-over candidates)",
+            registry=r,
+        )
         self.stale_writes = Counter(
             "tailor_stale_writes",
             "User writes refused because a newer offset was already applied",

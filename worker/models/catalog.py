@@ -59,6 +59,13 @@ class Catalog:
     def ensure(self, rows: int) -> None:
         self._ensure(rows)
 
+    def available_mask(self, rows: IntArray) -> npt.NDArray[np.bool_]:
+        """Rows the catalog has not marked unavailable or deleted (unknown = available)."""
+        known = rows < self.available.size
+        mask = np.ones(rows.size, dtype=bool)
+        mask[known] = self.available[rows[known]]
+        return mask
+
     def title(self, row: int, fallback: str) -> str:
         return self.titles.get(row, fallback)
 

@@ -66,8 +66,7 @@ def finish_list(
 
 def _allowed(rec: Recommender, state: UserState, rows: IntArray) -> npt.NDArray[np.bool_]:
     """Drop unavailable or deleted items, deny-listed categories and items just bought."""
-    available = rec.catalog.available
-    allowed = np.where(rows < available.size, available[np.minimum(rows, available.size - 1)], True)
+    allowed = rec.catalog.available_mask(rows)
     if rec.deny_categories:
         denied = rec.catalog.category_ids(sorted(rec.deny_categories))
         allowed &= ~np.isin(rec.catalog.categories_of(rows), denied)
@@ -99,10 +98,11 @@ def _explore(
     if slots <= 0 or len(rec.index) == 0:
         return []
     seen = chosen | {int(r) for r in rec.index.known_rows(i.item_id for i in state.recent)}
-    available = rec.catalog.available
+    draws = rng.integers(0, len(rec.index), size=min(_EXPLORE_POOL, 4 * slots + 8))
+    allowed = rec.catalog.available_mask(draws)
     picked: list[int] = []
-    for row in rng.integers(0, len(rec.index), size=min(_EXPLORE_POOL, 4 * slots + 8)).tolist():
-        if row in seen or (row < available.size and not available[row]):
+    for row, ok in zip(draws.tolist(), allowed.tolist(), strict=True):
+        if row in seen or not ok:
             continue
         picked.append(row)
         seen.add(row)

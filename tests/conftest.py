@@ -1,0 +1,51 @@
+"""Shared fixtures: real servers (tests/servers.py) and per-test topics, group and keys.
+
+Every integration test gets its own topics, consumer group and Redis key prefix, so tests
+share one broker and one Redis server without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.helpers import TopicReader
+from worker.config import Settings
+from worker.transport.kafka import create_topics
+
+pytest_plugins = ["tests.servers"]
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, redis_url: str) -> Settings:
+    """Settings on the real servers with fresh topics, group and key prefix."""
+    suffix = uuid.uuid4().hex[:10]
+    configured = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        redis_url=redis_url,
+        events_topic=f"events-{suffix}",
+        catalog_topic=f"catalog-{suffix}",
+        recommendations_topic=f"recs-{suffix}",
+        dlq_topic=f"dlq-{suffix}",
+        group_id=f"tailor-{suffix}",
+        redis_key_prefix=f"t{suffix}",
+        metrics_port=0,
+        batch_wait_ms=20,
+    )
+    create_topics(configured, partitions=2)
+    return configured
+
+
+@pytest.fixture
+def reader(settings: Settings) -> Iterator[Callable[[str], TopicReader]]:
+    readers: list[TopicReader] = []
+
+    def open_reader(topic: str) -> TopicReader:
+        readers.append(TopicReader(settings, topic))
+        return readers[-1]
+
+    yield open_reader
+    for opened in readers:
+        opened.close()

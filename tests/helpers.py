@@ -1,0 +1,110 @@
+"""Helpers for integration tests: messages, producing, reading topics, running a worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Message, Producer
+
+from worker.config import Settings
+from worker.loop import Worker
+
+
+def event(
+    user: str, item: str | None, kind: str = "click", *, event_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A valid event message as a frontend would send it."""
+    body: dict[str, Any] = {
+        "event_id": event_id or uuid.uuid4().hex,
+        "user_id": user,
+        "type": kind,
+        "timestamp": int(time.time() * 1000),
+        "context": {"device": "web", "country": "NL"},
+    }
+    if item is not None:
+        body["item_id"] = item
+    body.update(extra)
+    return body
+
+
+def produce(
+    settings: Settings, topic: str, messages: list[tuple[bytes | None, bytes | None]]
+) -> None:
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def produce_events(settings: Settings, events: list[dict[str, Any]]) -> None:
+    produce(
+        settings,
+        settings.events_topic,
+        [(e["user_id"].encode(), orjson.dumps(e)) for e in events],
+    )
+
+
+class TopicReader:
+    """Reads a topic from the beginning, as a downstream service would."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap_servers,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.subscribe([topic])
+        self.messages: list[Message] = []
+
+    def wait_for(
+        self, condition: Callable[[list[Message]], bool], timeout_s: float = 30.0
+    ) -> list[Message]:
+        deadline = time.monotonic() + timeout_s
+        while not condition(self.messages):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"condition not met after {timeout_s} s: {len(self.messages)} seen"
+                )
+            for message in self.consumer.consume(500, 0.1):
+                if message.error() is None:
+                    self.messages.append(message)
+        return self.messages
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [orjson.loads(m.value()) for m in self.messages if m.value() is not None]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@contextmanager
+def running_worker(settings: Settings, **kwargs: Any) -> Iterator[Worker]:
+    """A worker turning in a thread; leaving the block stops it the way SIGTERM does."""
+    worker = Worker(settings, **kwargs)
+    worker.start(catalog_timeout_s=10)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(60)
+        assert not thread.is_alive(), "worker did not stop within 60 s"
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met after {timeout_s} s")
+        time.sleep(0.02)

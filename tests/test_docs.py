@@ -1,0 +1,31 @@
+"""The README is the operator's manual: it must not drift from the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker.config import Settings
+from worker.metrics import Metrics
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_lists_every_setting() -> None:
+    missing = [
+        f"TAILOR_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`TAILOR_{name.upper()}`" not in README
+    ]
+    assert missing == []
+
+
+def test_readme_lists_every_metric() -> None:
+    names = {metric.name for metric in Metrics().registry.collect()}
+    missing = [name for name in sorted(names) if f"`{name}" not in README]
+    assert missing == []
+
+
+def test_readme_starts_with_the_two_set_up_commands() -> None:
+    first_block = README.split("```")[1]
+    assert "make demo" in first_block
+    assert "make test" in first_block

@@ -1,0 +1,99 @@
+"""The Redis store against the real Redis server: layout, offset guard, TTL, erasure."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from worker.config import Settings
+from worker.state.store import StoreUnavailable, UserStore
+from worker.state.user import Interaction, UserState, UserWrite
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(redis_url: str) -> UserStore:
+    settings = Settings(
+        redis_url=redis_url,
+        redis_key_prefix=f"s{uuid.uuid4().hex[:8]}",
+        redis_chunk_size=7,  # small, so that the tests cross chunk boundaries
+        vector_dim=4,
+        user_ttl_s=3600,
+    )
+    return UserStore(redis.Redis.from_url(redis_url), settings)
+
+
+def _state(user: str, offset: int, events: int = 1) -> UserState:
+    return UserState(
+        user_id=user,
+        vector=np.arange(4, dtype=np.float32),
+        recent=[Interaction("i1", "click", 1.0)],
+        last_list=["i2", "i3"],
+        events=events,
+        last_seen=1.0,
+        offsets={0: offset},
+    )
+
+
+def test_round_trip_in_chunks(store: UserStore) -> None:
+    users = [f"user-{n}" for n in range(20)]
+    outcome = store.write([UserWrite(_state(u, 5, events=n)) for n, u in enumerate(users)])
+    assert outcome.written == 20
+    assert outcome.stale == 0
+    states = store.read([*users, "nobody"])
+    assert states["nobody"] is None
+    for n, user in enumerate(users):
+        state = states[user]
+        assert state is not None
+        assert state.events == n
+        assert state.offsets == {0: 5}
+        assert state.last_list == ["i2", "i3"]
+        np.testing.assert_array_equal(state.vector, np.arange(4, dtype=np.float32))
+
+
+def test_offset_guard_refuses_a_write_at_or_below_the_applied_offset(store: UserStore) -> None:
+    assert store.write([UserWrite(_state("g", 10, events=3))]).written == 1
+    for replayed in (10, 9):
+        outcome = store.write([UserWrite(_state("g", replayed, events=99))])
+        assert outcome.stale == 1
+    state = store.read(["g"])["g"]
+    assert state is not None
+    assert state.events == 3
+    assert store.write([UserWrite(_state("g", 11, events=4))]).written == 1
+
+
+def test_a_forget_write_replaces_everything(store: UserStore) -> None:
+    store.write([UserWrite(_state("f", 10, events=5))])
+    fresh = _state("f", 12, events=1)
+    assert store.write([UserWrite(fresh, erase_first=True)]).written == 1
+    state = store.read(["f"])["f"]
+    assert state is not None
+    assert state.events == 1
+
+
+def test_every_key_has_the_idle_ttl(store: UserStore) -> None:
+    store.write([UserWrite(_state("t", 1))])
+    ttl = store.client.ttl(store.key("t"))
+    assert 3500 < ttl <= 3600
+
+
+def test_erase_leaves_nothing_of_the_user(store: UserStore) -> None:
+    store.write([UserWrite(_state("erase*me", 1)), UserWrite(_state("erase-other", 1))])
+    assert store.keys_of("erase*me") == [store.key("erase*me").encode()]
+    assert store.erase(["erase*me"]) == 1
+    assert store.keys_of("erase*me") == []
+    assert store.read(["erase*me"])["erase*me"] is None
+    assert store.read(["erase-other"])["erase-other"] is not None
+
+
+def test_an_unreachable_redis_raises_store_unavailable() -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", redis_timeout_s=0.2)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.2)
+    store = UserStore(client, settings)
+    assert not store.ping()
+    with pytest.raises(StoreUnavailable, match="Redis unreachable"):
+        store.read(["anyone"])
