@@ -80,10 +80,22 @@ class TopicReader:
         return self.messages
 
     def bodies(self) -> list[dict[str, Any]]:
-        return [orjson.loads(m.value()) for m in self.messages if m.value() is not None]
+        return [body for m in self.messages if (body := body_of(m))]
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def body_of(message: Message) -> dict[str, Any]:
+    """The JSON body of a message; empty for a tombstone."""
+    value = message.value()
+    return {} if value is None else dict(orjson.loads(value))
+
+
+def headers_of(message: Message) -> dict[str, bytes]:
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return {key: value.encode() if isinstance(value, str) else value or b"" for key, value in pairs}
 
 
 @contextmanager

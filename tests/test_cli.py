@@ -13,12 +13,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.helpers import TopicReader, event, produce_events
+from tests.helpers import TopicReader, body_of, event, produce_events
 from worker.config import Settings
 from worker.state.store import UserStore
 
@@ -106,7 +105,7 @@ def test_run_serves_until_sigterm_then_commits_and_exits_zero(
         produce_events(settings, events)
         last = events[-1]["event_id"]
         recommendations.wait_for(
-            lambda seen: any(last in orjson.loads(m.value())["covered_event_ids"] for m in seen),
+            lambda seen: any(last in body_of(m).get("covered_event_ids", []) for m in seen),
             timeout_s=60,
         )
         process.send_signal(signal.SIGTERM)
@@ -151,6 +150,12 @@ def test_metrics_and_readiness_are_served_while_running(settings: Settings) -> N
         assert "tailor_event_to_publish_seconds_bucket" in text
         assert "tailor_redis_roundtrip_seconds_count" in text
         assert "m1" not in text, "user ids must never appear in metrics"
+        while "tailor_consumer_lag{" not in text:  # librdkafka statistics come every 5 s
+            assert time.monotonic() < deadline + 15, text[-2000:]
+            time.sleep(0.5)
+            text = _get(f"http://127.0.0.1:{port}/metrics")[1]
+        lags = re.findall(r'tailor_consumer_lag\{partition="(\d)",topic="([^"]+)"\} (\S+)', text)
+        assert {(topic, float(lag)) for _, topic, lag in lags} == {(settings.events_topic, 0.0)}
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)

@@ -14,7 +14,16 @@ import pytest
 import redis
 from confluent_kafka import Message
 
-from tests.helpers import TopicReader, event, produce, produce_events, running_worker, wait_until
+from tests.helpers import (
+    TopicReader,
+    body_of,
+    event,
+    headers_of,
+    produce,
+    produce_events,
+    running_worker,
+    wait_until,
+)
 from worker.config import Settings
 from worker.contract import Recommendation
 from worker.state.store import UserStore
@@ -25,7 +34,7 @@ CATEGORIES = ("garden", "kitchen", "toys")
 
 
 def _catalog(settings: Settings, per_category: int = 30) -> None:
-    items = [
+    items: list[dict[str, Any]] = [
         {
             "item_id": f"{category}-{n}",
             "title": f"{category} thing {n}",
@@ -54,9 +63,7 @@ def _background(users: int = 30, clicks: int = 8) -> list[dict[str, Any]]:
 def _covers(user: str, event_id: str) -> Callable[[list[Message]], bool]:
     def found(messages: list[Message]) -> bool:
         return any(
-            m.key() == user.encode()
-            and m.value() is not None
-            and event_id in orjson.loads(m.value())["covered_event_ids"]
+            m.key() == user.encode() and event_id in body_of(m).get("covered_event_ids", [])
             for m in messages
         )
 
@@ -134,7 +141,7 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(
         assert worker.stats.dead_lettered == len(bad)
         assert worker.stats.processed == len(good)
 
-    by_value = {m.value(): dict(m.headers() or []) for m in dlq.messages}
+    by_value = {m.value(): headers_of(m) for m in dlq.messages}
     assert set(by_value) == set(bad), "DLQ must carry the original bytes"
     reasons = [headers["tailor.dlq.reason"].decode() for headers in by_value.values()]
     assert Counter(reasons) == Counter(["not_json", "missing_field", "unknown_type", "oversize"])
