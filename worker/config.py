@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     trending_half_life_s: float = Field(
         3 * 24 * 3600.0, gt=0, description="event-time half-life of popularity and co-visits"
     )
-    trending_pool: int = Field(200, ge=1, le=100_000, description="trending candidates per user")
+    trending_pool: int = Field(100, ge=1, le=100_000, description="trending candidates per user")
     taste_pool: int = Field(2000, ge=0, le=1_000_000, description="items the taste search scans")
     explore_share: float = Field(0.05, ge=0, lt=1, description="share of slots that explore")
     max_per_category: int = Field(0, ge=0, description="0 = no diversity cap")
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         default_factory=list, description="categories never recommended (JSON list)"
     )
     ranker_memory_users: int = Field(
-        10_000, ge=0, description="users whose last candidates are kept for ranker training"
+        50_000, ge=0, description="users whose last candidates are kept for ranker training"
     )
     max_items: int = Field(2_000_000, ge=10, description="bound on items the models track")
     seed: int = Field(7, description="random seed: same seed, same lists")
@@ -135,19 +135,23 @@ class Settings(BaseSettings):
         for server in value.split(","):
             host, _, port = server.strip().rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+                raise ValueError(f"expected host:port[,host:port...], not {server.strip()!r}")
         return value
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
             raise ValueError(
-                "kafka_sasl_mechanism is required when kafka_security_protocol is SASL_*"
+                f"{ENV_PREFIX}KAFKA_SASL_MECHANISM is required when "
+                f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL is {self.kafka_security_protocol}"
             )
         if self.kafka_sasl_mechanism and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):
-            raise ValueError("kafka_sasl_username and kafka_sasl_password are required for SASL")
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD are "
+                "required for SASL"
+            )
         return self
 
     @classmethod

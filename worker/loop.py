@@ -132,6 +132,7 @@ class Worker:
             self._commit()
         self.consumer.close()
         self.catalog.close()
+        self.producer.close()
         self.health.set_ready(False, "stopped")
         self.metrics.ready.set(0)
         log.info(

@@ -44,7 +44,10 @@ def _epoch_ms_or_text(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("timestamp must be RFC 3339 text or epoch milliseconds")
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value / 1000.0, tz=UTC)
+        except (OverflowError, OSError, ValueError) as error:  # NaN, inf, year 10000...
+            raise ValueError("timestamp out of range") from error
     return value
 
 

@@ -14,7 +14,7 @@ __all__ = ["MAX_ID_LENGTH", "Identifier", "ShortText"]
 MAX_ID_LENGTH = 128
 
 # No control characters (C0, DEL, C1); at least one visible character.
-_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
 
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=_NO_CONTROL)

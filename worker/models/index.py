@@ -42,6 +42,10 @@ class ItemIndex:
         self._ids.append(item_id)
         return row
 
+    def lookup(self, item_id: str) -> int:
+        """Row of an indexed item, -1 when unknown (never adds)."""
+        return self._rows.get(item_id, -1)
+
     def rows(self, item_ids: Iterable[str]) -> IntArray:
         return np.fromiter((self.row(item) for item in item_ids), dtype=np.int64)
 

@@ -51,24 +51,24 @@ class Ranker:
         return self._weights
 
     def score(self, features: FloatArray) -> FloatArray:
-        """``[n, len(FEATURES)]`` -> ``[n]`` scores (one matrix product)."""
+        """``[..., len(FEATURES)]`` -> ``[...]`` scores (one matrix product)."""
         scores: FloatArray = features @ self._weights
         return scores
 
-    def learn(self, positives: FloatArray, negatives: FloatArray) -> None:
+    def learn(
+        self, positives: npt.NDArray[np.floating], negatives: npt.NDArray[np.floating]
+    ) -> None:
         """Pairwise lessons: each positive should outrank each negative.
 
-        River learns on feature differences (RankNet-style logistic loss, both orders so
-        the intercept stays at zero), which is what a ranker needs; pointwise labels
-        would mostly teach it how rare positives are.
+        River learns on feature differences (RankNet-style logistic loss; the intercept is
+        frozen at zero, so one order of each pair is enough), which is what a ranker
+        needs: pointwise labels would mostly teach it how rare positives are.
         """
         learn_one = self.model.learn_one
         pairs = 0
-        for positive in positives:
-            for negative in negatives:
-                difference = (positive - negative).tolist()
-                learn_one(dict(zip(FEATURES, difference, strict=True)), True)
-                learn_one(dict(zip(FEATURES, [-x for x in difference], strict=True)), False)
+        for positive in positives.astype(np.float64):
+            for negative in negatives.astype(np.float64):
+                learn_one(dict(zip(FEATURES, (positive - negative).tolist(), strict=True)), True)
                 pairs += 1
         self.updates += pairs
         if pairs and self.updates % self.sync_every < pairs:

@@ -24,7 +24,7 @@ _MAX_SEGMENTS = 512
 
 class Trending:
     def __init__(
-        self, half_life_s: float, top_size: int, segment_size: int, refresh_every: int = 256
+        self, half_life_s: float, top_size: int, segment_size: int, refresh_every: int = 1000
     ) -> None:
         self.clock = DecayClock(half_life_s)
         self.top_size = top_size
@@ -35,7 +35,9 @@ class Trending:
         self.segments: dict[str, dict[int, float]] = {}
         self._top: IntArray = np.zeros(0, dtype=np.int64)
         self._segment_top: dict[str, tuple[IntArray, FloatArray]] = {}
+        self._segment_by_row: dict[str, tuple[IntArray, FloatArray]] = {}
         self._since_refresh = refresh_every
+        self.version = 0  # bumped on every refresh, so derived caches know they are stale
 
     def observe(
         self,
@@ -73,13 +75,17 @@ class Trending:
     def refresh(self) -> None:
         """Recompute the cached top lists (cheap: one argpartition per list)."""
         self._since_refresh = 0
+        self.version += 1
         self._top = _top_rows(self.scores, self.top_size)
         self._segment_top = {}
+        self._segment_by_row = {}
         for key, bucket in self.segments.items():
             rows = np.fromiter(bucket.keys(), dtype=np.int64, count=len(bucket))
             values = np.fromiter(bucket.values(), dtype=np.float64, count=len(bucket))
             order = np.argsort(-values, kind="stable")[: self.segment_size]
             self._segment_top[key] = (rows[order], values[order])
+            by_row = np.argsort(rows[order])
+            self._segment_by_row[key] = (rows[order][by_row], values[order][by_row])
 
     def top(self) -> IntArray:
         return self._top
@@ -92,21 +98,19 @@ class Trending:
         """Popularity as log(1 + score/scale): comparable across time, bounded growth."""
         if self.scores.size == 0:
             return np.zeros(rows.size)
-        safe = np.where(rows < self.scores.size, rows, 0)
-        values = np.where(rows < self.scores.size, self.scores[safe], 0.0)
+        inside = (rows >= 0) & (rows < self.scores.size)
+        values = np.where(inside, self.scores[np.where(inside, rows, 0)], 0.0)
         return np.log1p(values / self.clock.current_scale())
 
     def segment_normalised(self, key: str, rows: IntArray) -> FloatArray:
-        top_rows, top_values = self.segment_top(key)
+        """Popularity within a segment; 0 for items outside the segment's top list."""
         out = np.zeros(rows.size)
-        if top_rows.size == 0:
+        sorted_rows, values = self._segment_by_row.get(key, (None, None))
+        if sorted_rows is None or values is None or sorted_rows.size == 0:
             return out
-        order = np.argsort(top_rows)
-        sorted_rows = top_rows[order]
-        position = np.searchsorted(sorted_rows, rows)
-        position = np.minimum(position, sorted_rows.size - 1)
+        position = np.minimum(np.searchsorted(sorted_rows, rows), sorted_rows.size - 1)
         hit = sorted_rows[position] == rows
-        out[hit] = top_values[order][position[hit]]
+        out[hit] = values[position[hit]]
         return np.log1p(out / self.clock.current_scale())
 
     def _advance(self, t: float) -> None:

@@ -16,7 +16,6 @@ A micro-batch is handled in three steps:
 
 from __future__ import annotations
 
-import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from worker.models.ranker import Ranker
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
 from worker.recommend.candidates import Candidates, UserContext, gather_candidates
-from worker.recommend.lists import finish_list
+from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
 from worker.state.user import Interaction, UserState, UserWrite
 
@@ -47,6 +46,8 @@ FloatArray = npt.NDArray[np.float64]
 
 MODEL_VERSION = f"tailor-{__version__}"
 _NEGATIVES_PER_EVENT = 2
+_CATEGORY_CACHE_REFRESHES = 8  # category top lists follow trending, a little behind
+_REMEMBERED_CANDIDATES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ class Published:
     """A recommendation ready to serialise (see :class:`worker.contract.Recommendation`)."""
 
     user_id: str
-    items: list[tuple[str, float, list[str]]]
+    items: list[Item]
     source_event_id: str
     covered_event_ids: list[str]
     generated_at: datetime
@@ -123,6 +124,8 @@ class Recommender:
         self.rng = np.random.default_rng(settings.seed)
         self.deny_categories = set(settings.deny_categories)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
+        self._category_cache: dict[int, IntArray] = {}
+        self._category_cache_version = -_CATEGORY_CACHE_REFRESHES
 
     # -- catalog ------------------------------------------------------------------------
 
@@ -152,11 +155,10 @@ class Recommender:
         users = self._sort_out(batch, states, result)
         self._learn(users)
         generated_at = now or datetime.now(UTC)
-        for user_id, user in users.items():
+        contexts = [UserContext.of(user.covered[-1].event) for user in users.values()]
+        lists = self.recommend([user.state for user in users.values()], contexts)
+        for (user_id, user), items in zip(users.items(), lists, strict=True):
             result.applied += len(user.fresh)
-            last = user.covered[-1].event
-            context = UserContext.of(last)
-            items = self.recommend(user.state, context)
             user.state.last_list = [item for item, _, _ in items]
             if user.fresh or user.erase_first:
                 result.writes.append(UserWrite(user.state, user.erase_first))
@@ -164,7 +166,7 @@ class Recommender:
                 Published(
                     user_id=user_id,
                     items=items,
-                    source_event_id=last.event_id,
+                    source_event_id=user.covered[-1].event.event_id,
                     covered_event_ids=[envelope.event.event_id for envelope in user.covered],
                     generated_at=generated_at,
                 )
@@ -189,6 +191,7 @@ class Recommender:
             if forgets:
                 # Everything up to the last forget is erased; later events start afresh.
                 state = None
+                self._shown.pop(user_id, None)
                 envelopes = received[forgets[-1] + 1 :]
                 if not envelopes:
                     result.erased.append(user_id)
@@ -283,21 +286,30 @@ class Recommender:
     def _train_ranker(self, users: Mapping[str, _UserBatch]) -> None:
         """Learn from what each user did after their previous list.
 
-        The features are those the candidates had when the list was made (kept in a
-        bounded in-memory cache; recomputed after a restart). A chosen item that was
-        among the candidates is a positive; items shown and passed over, plus a few
-        other candidates, are negatives. A chosen item outside the candidates teaches
-        the ranker nothing (no ordering of candidates would have shown it).
+        The features are those the candidates had when the list was made (kept for the
+        last ``ranker_memory_users`` users; recomputed in one batch after a restart). A
+        chosen item that was among the candidates is a positive; negatives come from
+        :meth:`_negatives`. A chosen item outside the candidates teaches the ranker
+        nothing: no ordering of the candidates would have shown it.
         """
+        lessons: list[tuple[_UserBatch, set[str | None]]] = []
+        missing: list[_UserBatch] = []
         for user_id, user in users.items():
             chosen = {e.event.item_id for e in user.fresh if event_weight(e.event) > 0}
             if not chosen:
                 continue
-            shown = self._shown.pop(user_id, None)
-            if shown is None:
-                if not user.state.last_list:
-                    continue
-                shown = gather_candidates(self, user.state, UserContext.of(user.fresh[0].event))
+            lessons.append((user, chosen))
+            if user_id not in self._shown and user.state.last_list:
+                missing.append(user)
+        if missing:
+            contexts = [UserContext.of(user.fresh[0].event) for user in missing]
+            batch = gather_candidates(self, [user.state for user in missing], contexts)
+            for slot, user in enumerate(missing):
+                self._remember_shown(user.state.user_id, batch.user(slot, None, None))
+        for user, chosen in lessons:
+            shown = self._shown.pop(user.state.user_id, None)
+            if shown is None or shown.rows.size == 0:
+                continue
             chosen_rows = self.index.known_rows(item for item in chosen if item is not None)
             positive = _positions(shown.rows, chosen_rows)
             if positive.size == 0:
@@ -308,35 +320,50 @@ class Recommender:
     # -- recommending ---------------------------------------------------------------------------
 
     def recommend(
-        self, state: UserState, context: UserContext
-    ) -> list[tuple[str, float, list[str]]]:
-        """The user's top-K as (item id, score, reasons), best first."""
-        candidates: Candidates = gather_candidates(self, state, context)
-        self._remember_shown(state.user_id, candidates)
-        scores = self.ranker.score(candidates.features)
-        seed = [self.settings.seed, zlib.crc32(state.user_id.encode("utf-8")), state.events]
-        return finish_list(self, state, context, candidates, scores, np.random.default_rng(seed))
+        self, states: Sequence[UserState], contexts: Sequence[UserContext]
+    ) -> list[list[Item]]:
+        """Each user's top-K as (item id, score, reasons), best first, in one batch."""
+        if not states:
+            return []
+        batch = gather_candidates(self, states, contexts)
+        scores = self.ranker.score(batch.features)
+        for slot, state in enumerate(states):
+            self._remember_shown(state.user_id, batch.user(slot, scores, _REMEMBERED_CANDIDATES))
+        return finish_lists(self, states, contexts, batch, scores)
+
+    def category_top(self, category: int, n: int) -> IntArray:
+        """The ``n`` most popular items of a category, cached until trending refreshes."""
+        if self.trending.version - self._category_cache_version >= _CATEGORY_CACHE_REFRESHES:
+            self._category_cache.clear()
+            self._category_cache_version = self.trending.version
+        top = self._category_cache.get(category)
+        if top is None:
+            members = np.asarray(self.catalog.members.get(category, ()), dtype=np.int64)
+            if members.size > n:
+                popularity = self.trending.normalised(members)
+                members = members[np.argpartition(-popularity, n - 1)[:n]]
+            top = self._category_cache[category] = members
+        return top
 
     def _negatives(
         self, shown: Candidates, positive: IntArray, chosen: set[str | None], last_list: list[str]
     ) -> IntArray:
         """Negatives that do not teach the ranker its own bias.
 
-        When the chosen item was in the published list, the items shown above or beside
-        it and passed over are the honest negatives. When it was not shown, shown items
-        are exactly the ones the ranker already favoured, so comparing against them
-        would teach it to prefer what it did not show: sample other candidates instead.
+        When the chosen item was in the published list, the items shown beside it and
+        passed over are the honest negatives. When it was not shown, shown items are
+        exactly the ones the ranker already favoured, so comparing against them would
+        teach it to prefer what it did not show: sample other candidates instead.
         """
-        was_shown = any(item in chosen for item in last_list)
-        if was_shown:
+        if any(item in chosen for item in last_list):
             passed = self.index.known_rows(i for i in last_list if i not in chosen)
-            negative = _positions(shown.rows, passed)
+            pool = _positions(shown.rows, passed)
         else:
-            negative = self.rng.integers(0, shown.rows.size, size=_NEGATIVES_PER_EVENT * 2)
-        negative = np.setdiff1d(negative, positive)
-        if negative.size > _NEGATIVES_PER_EVENT:
-            negative = self.rng.choice(negative, _NEGATIVES_PER_EVENT, replace=False)
-        return negative
+            pool = self.rng.integers(0, shown.rows.size, size=2 * _NEGATIVES_PER_EVENT)
+        pool = pool[~np.isin(pool, positive)]
+        if pool.size > _NEGATIVES_PER_EVENT:
+            pool = pool[self.rng.permutation(pool.size)[:_NEGATIVES_PER_EVENT]]
+        return pool
 
     def _remember_shown(self, user_id: str, candidates: Candidates) -> None:
         """Keep the features behind each user's latest list, for the ranker's next lesson."""

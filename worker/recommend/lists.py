@@ -1,161 +1,203 @@
-"""From ranked candidates to the published list: filters, diversity, exploration, reasons."""
+"""From ranked candidates to published lists: filters, diversity, exploration, reasons."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.contract import EventType
-from worker.recommend.candidates import Candidates, UserContext
+from worker.recommend.candidates import CandidateBatch, UserContext
 from worker.state.user import UserState
 
 if TYPE_CHECKING:
     from worker.recommend.core import Recommender
 
-__all__ = ["finish_list"]
+__all__ = ["Item", "finish_lists"]
 
+Item = tuple[str, float, list[str]]
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
-_EXPLORE_POOL = 1000
 _MIN_CONTRIBUTION = 0.05
+_NEGATIVE_TYPES = frozenset({EventType.DISLIKE.value, EventType.DISMISS.value})
+_EXPLORE_DRAWS = 8
 
 
-def finish_list(
+def finish_lists(
     rec: Recommender,
-    state: UserState,
-    context: UserContext,
-    candidates: Candidates,
+    states: Sequence[UserState],
+    contexts: Sequence[UserContext],
+    batch: CandidateBatch,
     scores: FloatArray,
-    rng: np.random.Generator,
-) -> list[tuple[str, float, list[str]]]:
-    """Top-K after business filters, a per-category cap and a share of exploration slots."""
+) -> list[list[Item]]:
+    """Each user's top-K after business filters, a per-category cap and exploration."""
     k = rec.settings.top_k
-    allowed = _allowed(rec, state, candidates.rows)
-    order = np.flatnonzero(allowed)
-    order = order[np.argsort(-scores[order], kind="stable")]
-
+    scores = np.where(batch.valid & _allowed(rec, states, batch), scores, -np.inf)
+    categories = rec.catalog.categories_of(np.where(batch.valid, batch.rows, 0).ravel())
+    categories = categories.reshape(batch.rows.shape)
     cap = rec.settings.max_per_category
-    categories = rec.catalog.categories_of(candidates.rows)
-    explore = int(rec.settings.explore_share * k + rng.random())
-    picked: list[int] = []
-    per_category: dict[int, int] = {}
-    for position in order.tolist():
-        if len(picked) >= k - explore:
-            break
-        category = int(categories[position])
-        if cap and category >= 0:
-            if per_category.get(category, 0) >= cap:
-                continue
-            per_category[category] = per_category.get(category, 0) + 1
-        picked.append(position)
+    depth = min(scores.shape[1], k * 3 if cap else k)
+    if depth == 0:
+        return [[] for _ in states]
+    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
+    explore = (rec.settings.explore_share * k + rec.rng.random(len(states))).astype(np.int64)
 
-    reasons = _reasons(rec, context, candidates, np.array(picked, dtype=np.int64))
-    items = [
-        (rec.index.item_id(int(candidates.rows[p])), float(scores[p]), reason)
-        for p, reason in zip(picked, reasons, strict=True)
-    ]
-    chosen = {int(candidates.rows[p]) for p in picked}
-    floor = float(scores[picked[-1]]) if picked else 0.0
-    for row in _explore(rec, state, chosen, k - len(items), rng):
-        items.append((rec.index.item_id(row), floor, ["something new to discover"]))
-    return items
+    lists: list[list[Item]] = []
+    picked_all: list[list[int]] = []
+    for slot, order in enumerate(top.tolist()):
+        row_scores = scores[slot]
+        picked: list[int] = []
+        per_category: dict[int, int] = {}
+        room = k - int(explore[slot])
+        for position in order:
+            if len(picked) >= room or row_scores[position] == -np.inf:
+                break
+            if cap:
+                category = int(categories[slot, position])
+                if category >= 0:
+                    if per_category.get(category, 0) >= cap:
+                        continue
+                    per_category[category] = per_category.get(category, 0) + 1
+            picked.append(position)
+        picked_all.append(picked)
+
+    reasons = _reasons(rec, contexts, batch, picked_all)
+    item_id = rec.index.item_id
+    for slot, picked in enumerate(picked_all):
+        rows = batch.rows[slot]
+        items: list[Item] = [
+            (item_id(int(rows[p])), float(scores[slot, p]), reasons[slot][n])
+            for n, p in enumerate(picked)
+        ]
+        floor = items[-1][1] if items else 0.0
+        taken = {int(rows[p]) for p in picked} | {int(r) for r in batch.recent[slot] if r >= 0}
+        for row in _explore(rec, taken, k - len(items)):
+            items.append((item_id(row), floor, ["something new to discover"]))
+        lists.append(items)
+    return lists
 
 
-def _allowed(rec: Recommender, state: UserState, rows: IntArray) -> npt.NDArray[np.bool_]:
-    """Drop unavailable or deleted items, deny-listed categories and items just bought."""
+def _allowed(
+    rec: Recommender, states: Sequence[UserState], batch: CandidateBatch
+) -> npt.NDArray[np.bool_]:
+    """Drop unavailable or deleted items, deny-listed categories, disliked and just-bought."""
+    safe = np.where(batch.valid, batch.rows, 0)
+    allowed = _recommendable(rec, safe.ravel()).reshape(safe.shape)
+    window = rec.settings.just_bought_window_s
+    users: list[int] = []
+    blocked: list[int] = []
+    lookup = rec.index.lookup
+    for slot, state in enumerate(states):
+        for interaction in state.recent:
+            if interaction.type in _NEGATIVE_TYPES or (
+                window > 0
+                and interaction.type == EventType.PURCHASE.value
+                and state.last_seen - interaction.at <= window
+            ):
+                users.append(slot)
+                blocked.append(lookup(interaction.item_id))
+    if blocked:
+        position = batch.positions(np.array(users), np.array(blocked))
+        flat = allowed.reshape(-1)
+        flat[position[position >= 0]] = False
+    return allowed
+
+
+def _recommendable(rec: Recommender, rows: IntArray) -> npt.NDArray[np.bool_]:
+    """Rows any user may be shown: available, not deleted, not in a deny-listed category."""
     allowed = rec.catalog.available_mask(rows)
     if rec.deny_categories:
         denied = rec.catalog.category_ids(sorted(rec.deny_categories))
         allowed &= ~np.isin(rec.catalog.categories_of(rows), denied)
-    window = rec.settings.just_bought_window_s
-    if window > 0:
-        bought = [
-            i.item_id
-            for i in state.recent
-            if i.type == EventType.PURCHASE.value and state.last_seen - i.at <= window
-        ]
-        allowed &= ~np.isin(rows, rec.index.known_rows(bought))
-    disliked = [i.item_id for i in state.recent if i.type in _NEGATIVE_TYPES]
-    if disliked:
-        allowed &= ~np.isin(rows, rec.index.known_rows(disliked))
     return allowed
 
 
-_NEGATIVE_TYPES = frozenset({EventType.DISLIKE.value, EventType.DISMISS.value})
-
-
-def _explore(
-    rec: Recommender, state: UserState, chosen: set[int], slots: int, rng: np.random.Generator
-) -> list[int]:
-    """Fill the last slots with items the user has not seen, from beyond the head.
+def _explore(rec: Recommender, taken: set[int], slots: int) -> list[int]:
+    """Fill the last slots with items the user has not seen, drawn across the catalog.
 
     Cold items (known to the catalog, rarely touched) get exposure this way, which is how
     the models ever learn about them.
     """
     if slots <= 0 or len(rec.index) == 0:
         return []
-    seen = chosen | {int(r) for r in rec.index.known_rows(i.item_id for i in state.recent)}
-    draws = rng.integers(0, len(rec.index), size=min(_EXPLORE_POOL, 4 * slots + 8))
-    allowed = rec.catalog.available_mask(draws)
+    draws = rec.rng.integers(0, len(rec.index), size=_EXPLORE_DRAWS * slots)
+    available = _recommendable(rec, draws)
     picked: list[int] = []
-    for row, ok in zip(draws.tolist(), allowed.tolist(), strict=True):
-        if row in seen or not ok:
-            continue
-        picked.append(row)
-        seen.add(row)
-        if len(picked) == slots:
-            break
+    for row, ok in zip(draws.tolist(), available.tolist(), strict=True):
+        if ok and row not in taken:
+            picked.append(row)
+            taken.add(row)
+            if len(picked) == slots:
+                break
     return picked
 
 
 def _reasons(
-    rec: Recommender, context: UserContext, candidates: Candidates, picked: IntArray
-) -> list[list[str]]:
-    """For each picked candidate, the two sources that added most to its score, in words."""
-    if picked.size == 0:
-        return []
-    contributions = candidates.features[picked] * rec.ranker.weights
-    strongest = np.argsort(-contributions, axis=1)[:, :2]
-    all_reasons = []
-    for slot, position in enumerate(picked.tolist()):
-        reasons: list[str] = []
-        for feature in strongest[slot].tolist():
-            if contributions[slot, feature] < _MIN_CONTRIBUTION:
-                break
-            text = _reason_text(rec, context, candidates, position, feature)
-            if text and text not in reasons:
-                reasons.append(text)
-        all_reasons.append(reasons or ["popular right now"])
-    return all_reasons
-
-
-def _reason_text(
     rec: Recommender,
-    context: UserContext,
-    candidates: Candidates,
-    position: int,
-    feature: int,
-) -> str | None:
-    row = int(candidates.rows[position])
-    category = rec.catalog.category_name(row)
-    if feature == 0:
-        anchor = int(candidates.anchors[position])
-        if anchor < 0:
-            return None
-        return f"viewed together with {rec.catalog.title(anchor, rec.index.item_id(anchor))}"
-    if feature == 1:
-        return f"matches your taste in {category}" if category else "matches your taste"
-    if feature in (2, 6, 7):
-        return "trending now"
-    if feature in (3, 8):
+    contexts: Sequence[UserContext],
+    batch: CandidateBatch,
+    picked: list[list[int]],
+) -> list[list[list[str]]]:
+    """For each picked candidate, the two sources that added most to its score, in words."""
+    weights = rec.ranker.weights
+    out: list[list[list[str]]] = []
+    for slot, positions in enumerate(picked):
+        if not positions:
+            out.append([])
+            continue
+        contributions = batch.features[slot, positions] * weights
+        strongest = np.argsort(-contributions, axis=1)[:, :2]
+        texts = _ReasonTexts(rec, contexts[slot], batch, slot)
+        user_reasons: list[list[str]] = []
+        for n, position in enumerate(positions):
+            reasons: list[str] = []
+            for feature in strongest[n].tolist():
+                if contributions[n, feature] < _MIN_CONTRIBUTION:
+                    break
+                text = texts.say(position, feature)
+                if text and text not in reasons:
+                    reasons.append(text)
+            user_reasons.append(reasons or ["popular right now"])
+        out.append(user_reasons)
+    return out
+
+
+class _ReasonTexts:
+    """Reason sentences for one user's list, the way a user would say them."""
+
+    def __init__(
+        self, rec: Recommender, context: UserContext, batch: CandidateBatch, slot: int
+    ) -> None:
+        self.rec, self.batch, self.slot = rec, batch, slot
         if context.country:
-            return f"trending in your country ({context.country})"
-        return f"popular on {context.device}" if context.device else "trending now"
-    if feature == 4:
-        return f"more from {category}" if category else None
-    if feature == 5:
-        return "you showed interest in this before"
-    return None
+            self.segment = f"trending in your country ({context.country})"
+        elif context.device:
+            self.segment = f"popular on {context.device}"
+        else:
+            self.segment = "trending now"
+
+    def say(self, position: int, feature: int) -> str | None:
+        rec = self.rec
+        row = int(self.batch.rows[self.slot, position])
+        if feature == 0:
+            anchor = int(self.batch.anchors[self.slot, position])
+            if anchor < 0:
+                return None
+            return f"viewed together with {rec.catalog.title(anchor, rec.index.item_id(anchor))}"
+        if feature == 1:
+            category = rec.catalog.category_name(row)
+            return f"matches your taste in {category}" if category else "matches your taste"
+        if feature in (2, 6, 7):
+            return "trending now"
+        if feature in (3, 8):
+            return self.segment
+        if feature == 4:
+            category = rec.catalog.category_name(row)
+            return f"more from {category}" if category else None
+        if feature == 5:
+            return "you showed interest in this before"
+        return None

@@ -1,0 +1,344 @@
+"""The shared online models: item index, co-visitation, trending, decay, taste and ranker.
+
+Why: these hold the worker's memory bounds (max_items, top-M neighbours, segment count)
+and the learning directions the recommendations rest on; a sign error or a lost heavy
+pair would not crash anything, it would just quietly make every list worse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.models.covisitation import CoVisitation
+from worker.models.decay import DecayClock
+from worker.models.index import ItemIndex
+from worker.models.ranker import _PRIOR, FEATURES, Ranker
+from worker.models.taste import TasteModel
+from worker.models.trending import _MAX_SEGMENTS, Trending
+
+HOUR = 3600.0
+I64 = np.int64
+
+
+def _ints(*values: int) -> npt.NDArray[np.int64]:
+    return np.array(values, dtype=I64)
+
+
+def _floats(*values: float) -> npt.NDArray[np.float64]:
+    return np.array(values, dtype=np.float64)
+
+
+# -- ItemIndex ---------------------------------------------------------------------------
+
+
+def test_index_assigns_dense_rows_and_is_bounded() -> None:
+    index = ItemIndex(max_items=3)
+    assert [index.row(item) for item in ("a", "b", "a", "c")] == [0, 1, 0, 2]
+    assert index.row("d") == -1
+    assert index.rows(["e", "b"]).tolist() == [-1, 1]
+    assert len(index) == 3
+    assert "d" not in index
+    assert "c" in index
+    assert index.item_id(2) == "c"
+    assert index.item_ids([2, 0]) == ["c", "a"]
+
+
+def test_known_rows_skips_unknown_without_adding() -> None:
+    index = ItemIndex(max_items=10)
+    index.rows(["a", "b", "c"])
+    assert index.known_rows(["c", "zz", "a", "yy"]).tolist() == [2, 0]
+    assert len(index) == 3
+    assert "zz" not in index
+    assert index.known_rows([]).dtype == I64
+
+
+# -- CoVisitation ------------------------------------------------------------------------
+
+
+def _neighbours(covis: CoVisitation, row: int) -> dict[int, float]:
+    neighbours, weights = covis.neighbours_of(_ints(row))
+    return {
+        int(n): float(w)
+        for n, w in zip(neighbours[0].tolist(), weights[0].tolist(), strict=True)
+        if n >= 0
+    }
+
+
+def test_covisitation_keeps_at_most_m_neighbours() -> None:
+    covis = CoVisitation(neighbours=4, half_life_s=HOUR)
+    targets = np.arange(1, 51, dtype=I64)
+    covis.observe(np.zeros(50, dtype=I64), targets, np.ones(50), np.zeros(50))
+    neighbours, weights = covis.neighbours_of(_ints(0, 1, 999, -1))
+    assert neighbours.shape == (4, 4)
+    assert int((neighbours[0] >= 0).sum()) == 4
+    assert set(neighbours[0].tolist()) <= set(targets.tolist())
+    assert covis.neighbour.shape[1] == 4
+    # unknown and invalid rows read as empty
+    assert (neighbours[2:] == -1).all()
+    assert (weights[2:] == 0).all()
+
+
+def test_covisitation_ignores_self_pairs_and_invalid_rows() -> None:
+    covis = CoVisitation(neighbours=4, half_life_s=HOUR)
+    covis.observe(_ints(0, 0, -1, 2), _ints(0, -1, 3, 5), np.ones(4), np.zeros(4))
+    assert _neighbours(covis, 0) == {}
+    assert _neighbours(covis, 2) == {5: 1.0}
+
+
+def test_covisitation_keeps_the_heavy_pair_under_a_flood_of_one_offs() -> None:
+    """Space-Saving: a pair with more than 1/M of the traffic is never evicted."""
+    m = 4
+    covis = CoVisitation(neighbours=m, half_life_s=1e9)
+    junk = 100
+    for step in range(200):
+        # one heavy pair (0 -> 1) per step, and two never-repeated pairs (0 -> junk)
+        targets = _ints(1, junk, junk + 1)
+        junk += 2
+        covis.observe(np.zeros(3, dtype=I64), targets, np.ones(3), np.full(3, float(step)))
+    found = _neighbours(covis, 0)
+    assert len(found) == m
+    assert 1 in found
+    assert found[1] == max(found.values())
+    assert found[1] >= 200 * 0.99  # never evicted: it kept every unit of its own weight
+
+
+def test_covisitation_accumulates_within_and_across_batches() -> None:
+    covis = CoVisitation(neighbours=8, half_life_s=1e9)
+    covis.observe(_ints(0, 0, 0), _ints(1, 1, 2), _floats(1, 2, 1), np.zeros(3))
+    covis.observe(_ints(0), _ints(1), _floats(0.5), np.zeros(1))
+    found = _neighbours(covis, 0)
+    assert found[1] == 3.5
+    assert found[2] == 1.0
+
+
+def test_covisitation_decay_favours_recent_pairs() -> None:
+    covis = CoVisitation(neighbours=8, half_life_s=HOUR)
+    covis.observe(_ints(0), _ints(1), _floats(1.0), _floats(0.0))
+    covis.observe(_ints(0), _ints(2), _floats(1.0), _floats(2 * HOUR))
+    found = _neighbours(covis, 0)
+    assert found[2] > found[1]
+    # read in 'now' units: the fresh pair is worth 1, the pair two half-lives old 1/4
+    assert found[2] == 1.0
+    assert abs(found[1] - 0.25) < 1e-6
+    neighbours, weights = covis.neighbours_of(_ints(0))
+    order = np.argsort(-weights[0])
+    assert neighbours[0][order][:2].tolist() == [2, 1]
+
+
+def test_covisitation_rebase_keeps_weights_and_order() -> None:
+    covis = CoVisitation(neighbours=8, half_life_s=1.0)
+    covis.observe(_ints(0), _ints(1), _floats(1.0), _floats(0.0))
+    covis.observe(_ints(0), _ints(2), _floats(1.0), _floats(5.0))
+    before = _neighbours(covis, 0)
+    origin = covis.clock.origin
+    covis.observe(_ints(7), _ints(8), _floats(1.0), _floats(45.0))  # > 40 half-lives: rebase
+    assert covis.clock.origin != origin
+    after = _neighbours(covis, 0)
+    assert after[2] > after[1] > 0
+    assert np.isclose(after[2] / after[1], before[2] / before[1], rtol=1e-4)
+    assert np.isfinite(covis.weight).all()
+
+
+# -- Trending ----------------------------------------------------------------------------
+
+
+def _trending(segment_size: int = 10) -> Trending:
+    return Trending(HOUR, top_size=10, segment_size=segment_size, refresh_every=1)
+
+
+def test_trending_recent_weight_outranks_older_equal_weight() -> None:
+    trending = _trending()
+    trending.observe(_ints(0), _floats(1.0), _floats(0.0), [()])
+    trending.observe(_ints(1), _floats(1.0), _floats(HOUR), [()])
+    assert trending.top().tolist() == [1, 0]
+    popularity = trending.normalised(_ints(0, 1, 500))
+    assert popularity[1] > popularity[0] > 0
+    assert popularity[2] == 0
+    assert trending.all_time[0] == trending.all_time[1] == 1.0
+
+
+def test_trending_more_weight_outranks_less_at_the_same_time() -> None:
+    trending = _trending()
+    trending.observe(_ints(0, 1, 1, 2), _floats(1, 1, 1, 0.5), np.zeros(4), [(), (), (), ()])
+    assert trending.top().tolist() == [1, 0, 2]
+
+
+def test_trending_ignores_negative_rows() -> None:
+    trending = _trending()
+    trending.observe(_ints(-1, 3), _floats(5.0, 1.0), np.zeros(2), [("country:NL",)] * 2)
+    assert trending.top().tolist() == [3]
+    assert trending.segment_top("country:NL")[0].tolist() == [3]
+
+
+def test_trending_segments_are_separate() -> None:
+    trending = _trending()
+    rows = _ints(0, 0, 1, 2, 2, 2, 3)
+    segments = [
+        ("country:NL", "device:mobile"),
+        ("country:NL",),
+        ("country:NL",),
+        ("country:DE",),
+        ("country:DE", "device:mobile"),
+        ("country:DE",),
+        ("device:web",),
+    ]
+    trending.observe(rows, np.ones(rows.size), np.zeros(rows.size), segments)
+    assert trending.segment_top("country:NL")[0].tolist() == [0, 1]
+    assert trending.segment_top("country:DE")[0].tolist() == [2]
+    assert sorted(trending.segment_top("device:mobile")[0].tolist()) == [0, 2]
+    assert trending.segment_top("device:web")[0].tolist() == [3]
+    assert trending.segment_top("country:FR")[0].size == 0
+    nl = trending.segment_normalised("country:NL", _ints(0, 1, 2))
+    assert nl[0] > nl[1] > 0
+    assert nl[2] == 0
+
+
+def test_trending_segment_lists_are_bounded() -> None:
+    trending = _trending(segment_size=3)
+    rows = np.arange(50, dtype=I64)
+    trending.observe(rows, rows.astype(np.float64) + 1, np.zeros(50), [("country:NL",)] * 50)
+    top_rows, top_values = trending.segment_top("country:NL")
+    assert top_rows.tolist() == [49, 48, 47]
+    assert (np.diff(top_values) <= 0).all()
+    assert len(trending.segments["country:NL"]) <= 8 * 3
+
+
+def test_trending_number_of_segments_is_bounded() -> None:
+    trending = Trending(HOUR, top_size=10, segment_size=5, refresh_every=10_000)
+    n = _MAX_SEGMENTS + 100
+    rows = np.zeros(n, dtype=I64)
+    trending.observe(rows, np.ones(n), np.zeros(n), [(f"country:c{k}",) for k in range(n)])
+    assert len(trending.segments) == _MAX_SEGMENTS
+    trending.refresh()
+    assert trending.segment_top(f"country:c{n - 1}")[0].size == 0
+    assert trending.top().tolist() == [0]  # the overall score still counts every event
+
+
+def test_trending_rebase_keeps_relative_order() -> None:
+    trending = _trending()
+    trending.observe(_ints(0), _floats(1.0), _floats(0.0), [("country:NL",)])
+    trending.observe(_ints(1), _floats(1.0), _floats(2 * HOUR), [("country:NL",)])
+    before = trending.normalised(_ints(0, 1))
+    origin = trending.clock.origin
+    far = 50 * HOUR  # beyond 40 half-lives: the clock rebases and scores are rescaled
+    trending.observe(_ints(2), _floats(1e-30), _floats(far), [("country:NL",)])
+    assert trending.clock.origin == far != origin
+    assert np.isfinite(trending.scores).all()
+    assert trending.top().tolist()[:2] == [1, 0]
+    assert trending.segment_top("country:NL")[0].tolist()[:2] == [1, 0]
+    after = trending.normalised(_ints(0, 1))
+    assert after[1] > after[0] > 0
+    assert after[1] / after[0] > 1.0
+    assert before[1] > before[0]
+
+
+# -- DecayClock --------------------------------------------------------------------------
+
+
+def test_decay_clock_weights() -> None:
+    clock = DecayClock(half_life_s=10.0)
+    assert clock.advance(100.0) is None
+    assert clock.weight(100.0) == 1.0
+    assert clock.advance(120.0) is None
+    assert clock.weight(120.0) == 4.0
+    assert clock.current_scale() == 4.0
+    assert clock.weight(110.0) == 2.0
+    assert clock.weight(1000.0) == 4.0  # the future is clamped to now
+    assert clock.advance(50.0) is None  # never backwards
+    assert clock.now == 120.0
+    assert np.allclose(clock.weights(_floats(100.0, 110.0, 500.0)), [1.0, 2.0, 4.0])
+
+
+def test_decay_clock_rebase_keeps_relative_order() -> None:
+    clock = DecayClock(half_life_s=1.0)
+    clock.advance(0.0)
+    old, recent = clock.weight(0.0), clock.weight(0.0)
+    clock.advance(10.0)
+    recent = clock.weight(10.0)
+    assert recent / old == 2.0**10
+    factor = clock.advance(100.0)
+    assert factor == 2.0**100
+    assert clock.origin == 100.0
+    old, recent = old / factor, recent / factor
+    fresh = clock.weight(100.0)
+    assert fresh == 1.0
+    assert fresh > recent > old > 0
+    assert recent / old == 2.0**10
+
+
+# -- TasteModel --------------------------------------------------------------------------
+
+
+def test_taste_learn_moves_user_toward_positive_and_away_from_negative() -> None:
+    dim = 8
+    taste = TasteModel(dim, learning_rate=0.1, regularization=0.0, seed=1)
+    taste.ensure(3)
+    taste.vectors[0] = np.eye(dim, dtype=np.float32)[0]
+    taste.vectors[1] = np.eye(dim, dtype=np.float32)[1]
+    user = taste.new_user("u-1")
+    users = user[None, :].copy()
+    before = taste.scores(users[0], _ints(0, 1))
+    for _ in range(20):
+        taste.learn(users, _ints(0), _ints(0), _ints(1), _floats(1.0))
+    after = taste.scores(users[0], _ints(0, 1))
+    assert after[0] > before[0]
+    assert after[1] < before[1]
+    assert after[0] > after[1]
+    assert users.dtype == np.float32
+
+
+def test_taste_learn_updates_only_the_users_in_the_batch() -> None:
+    taste = TasteModel(4, learning_rate=0.1, regularization=0.0, seed=1)
+    users = np.stack([taste.new_user("a"), taste.new_user("b")])
+    untouched = users[1].copy()
+    taste.learn(users, _ints(0), _ints(3), _ints(5), _floats(1.0))
+    assert np.array_equal(users[1], untouched)
+    assert taste.vectors.shape[0] >= 6
+
+
+def test_taste_is_deterministic_by_seed() -> None:
+    first, second = TasteModel(8, 0.1, 0.0, seed=3), TasteModel(8, 0.1, 0.0, seed=3)
+    first.ensure(5)
+    second.ensure(5)
+    assert np.array_equal(first.vectors[:5], second.vectors[:5])
+    assert np.array_equal(first.new_user("u"), second.new_user("u"))
+    assert not np.array_equal(first.new_user("u"), first.new_user("v"))
+
+
+# -- Ranker ------------------------------------------------------------------------------
+
+
+def test_ranker_starts_at_the_prior() -> None:
+    ranker = Ranker()
+    assert np.array_equal(ranker.weights, _PRIOR)
+    assert len(_PRIOR) == len(FEATURES)
+    features = np.eye(len(FEATURES))
+    assert np.array_equal(ranker.score(features), _PRIOR)
+    assert ranker.model.weights == dict(zip(FEATURES, _PRIOR.tolist(), strict=True))
+
+
+def test_ranker_learns_the_feature_that_separates_positives() -> None:
+    ranker = Ranker(learning_rate=0.05, sync_every=8)
+    rng = np.random.default_rng(0)
+    feature = FEATURES.index("evening")  # prior weight 0: learning must raise it
+    for _ in range(40):
+        positives = rng.random((2, len(FEATURES)))
+        negatives = rng.random((2, len(FEATURES)))
+        positives[:, feature] = 1.0
+        negatives[:, feature] = 0.0
+        ranker.learn(positives, negatives)
+    assert ranker.updates == 40 * 4
+    weights = ranker.weights
+    assert weights[feature] > _PRIOR[feature] + 0.1
+    others = np.delete(weights - _PRIOR, feature)
+    assert weights[feature] - _PRIOR[feature] > np.abs(others).max()
+
+
+def test_ranker_scores_follow_synced_weights_only() -> None:
+    ranker = Ranker(learning_rate=0.5, sync_every=1000)
+    positives = np.zeros((1, len(FEATURES)))
+    positives[0, 0] = 1.0
+    ranker.learn(positives, np.zeros((1, len(FEATURES))))
+    assert np.array_equal(ranker.weights, _PRIOR)  # not synced yet
+    assert ranker.model.weights["covis"] > _PRIOR[0]
