@@ -29,3 +29,10 @@ def test_readme_starts_with_the_two_set_up_commands() -> None:
     first_block = README.split("```")[1]
     assert "make demo" in first_block
     assert "make test" in first_block
+
+
+def test_readme_configuration_table_matches_the_settings() -> None:
+    """Regenerate with ``tailor config --markdown`` when a setting changes."""
+    from worker.cli import settings_table_markdown
+
+    assert settings_table_markdown() in README

@@ -112,10 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     forget.add_argument("user_id", help="the user to erase")
 
-    commands.add_parser(
+    config = commands.add_parser(
         "config",
         help="print every setting with its current value (secrets masked)",
         description="Show the effective settings after environment variables and --config.",
+    )
+    config.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the defaults as the Markdown table the README carries",
     )
     return parser
 
@@ -191,7 +196,10 @@ def _forget(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(settings: Settings, _args: argparse.Namespace) -> int:
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_table_markdown())
+        return 0
     table = Table(title="Tailor settings", show_lines=False)
     table.add_column("environment variable")
     table.add_column("value")
@@ -202,6 +210,16 @@ def _config(settings: Settings, _args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return 0
+
+
+def settings_table_markdown() -> str:
+    """Every setting with its default and meaning; the README embeds this table verbatim."""
+    lines = ["| environment variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "(none)" if default is None else f"`{default}`"
+        lines.append(f"| `TAILOR_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines)
 
 
 _COMMANDS = {
