@@ -6,6 +6,7 @@ vectors), the business filters (unavailable, deny-listed categories) and the rea
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 
@@ -120,7 +121,9 @@ def content_vector(item: CatalogItem, dim: int) -> FloatArray | None:
     return unit
 
 
+@functools.lru_cache(maxsize=200_000)
 def _token_vector(token: str, dim: int) -> npt.NDArray[np.float64]:
+    """A fixed random direction per token (cached: catalogs repeat their words)."""
     seed = zlib.crc32(token.encode("utf-8"))
     vector: npt.NDArray[np.float64] = np.random.default_rng(seed).standard_normal(dim)
     vector /= np.sqrt(dim)

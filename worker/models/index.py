@@ -55,6 +55,11 @@ class ItemIndex:
         found = (get(item) for item in item_ids)
         return np.fromiter((row for row in found if row is not None), dtype=np.int64)
 
+    @property
+    def ids(self) -> list[str]:
+        """Item ids by row (read-only by convention: rows are never reused)."""
+        return self._ids
+
     def item_id(self, row: int) -> str:
         return self._ids[row]
 

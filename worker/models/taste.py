@@ -22,6 +22,7 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 _INIT_SCALE = 0.1
+_BLOCK = 1024
 
 
 class TasteModel:
@@ -32,16 +33,34 @@ class TasteModel:
         self.seed = seed
         self.vectors: F32 = np.zeros((0, dim), dtype=np.float32)
         self._ready = 0
+        self._last_block: tuple[int, npt.NDArray[np.float64]] | None = None
 
     def ensure(self, rows: int) -> None:
-        """Give new rows a small random start, seeded by row so that every replay agrees."""
+        """Give new rows a small random start, the same whatever the batching.
+
+        Starts are drawn in blocks seeded by the block number, so row r always gets the
+        same vector however many rows arrived with it (worker and evaluation agree).
+        """
         if rows <= self._ready:
             return
         self.vectors = grow_rows(self.vectors, rows)
-        for row in range(self._ready, rows):
-            rng = np.random.default_rng([self.seed, row])
-            self.vectors[row] = _INIT_SCALE * rng.standard_normal(self.dim) / np.sqrt(self.dim)
+        first_block, last_block = self._ready // _BLOCK, (rows - 1) // _BLOCK
+        for block in range(first_block, last_block + 1):
+            start = block * _BLOCK
+            fresh = self._block(block)
+            begin, end = max(start, self._ready), min(start + _BLOCK, rows)
+            self.vectors[begin:end] = fresh[begin - start : end - start]
         self._ready = rows
+
+    def _block(self, block: int) -> npt.NDArray[np.float64]:
+        """Initial vectors of one block of rows (the last one is kept: rows arrive in order)."""
+        cached = self._last_block
+        if cached is not None and cached[0] == block:
+            return cached[1]
+        rng = np.random.default_rng([self.seed, block])
+        fresh = rng.standard_normal((_BLOCK, self.dim)) * (_INIT_SCALE / np.sqrt(self.dim))
+        self._last_block = (block, fresh)
+        return fresh
 
     def set_content(self, row: int, vector: F32) -> None:
         """Blend a catalog content vector into the item (a new item takes it whole)."""

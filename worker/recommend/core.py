@@ -355,15 +355,16 @@ class Recommender:
         exactly the ones the ranker already favoured, so comparing against them would
         teach it to prefer what it did not show: sample other candidates instead.
         """
+        taken = set(positive.tolist())
         if any(item in chosen for item in last_list):
             passed = self.index.known_rows(i for i in last_list if i not in chosen)
-            pool = _positions(shown.rows, passed)
+            pool = _positions(shown.rows, passed).tolist()
+            start = int(self.rng.integers(0, max(len(pool), 1)))
+            pool = pool[start:] + pool[:start]  # a random pick that costs no shuffle
         else:
-            pool = self.rng.integers(0, shown.rows.size, size=2 * _NEGATIVES_PER_EVENT)
-        pool = pool[~np.isin(pool, positive)]
-        if pool.size > _NEGATIVES_PER_EVENT:
-            pool = pool[self.rng.permutation(pool.size)[:_NEGATIVES_PER_EVENT]]
-        return pool
+            pool = self.rng.integers(0, shown.rows.size, size=2 * _NEGATIVES_PER_EVENT).tolist()
+        negatives = [p for p in pool if p not in taken][:_NEGATIVES_PER_EVENT]
+        return np.array(negatives, dtype=np.int64)
 
     def _remember_shown(self, user_id: str, candidates: Candidates) -> None:
         """Keep the features behind each user's latest list, for the ranker's next lesson."""

@@ -23,7 +23,8 @@ FloatArray = npt.NDArray[np.float64]
 
 _MIN_CONTRIBUTION = 0.05
 _NEGATIVE_TYPES = frozenset({EventType.DISLIKE.value, EventType.DISMISS.value})
-_EXPLORE_DRAWS = 8
+_EXPLORE_DRAWS = 16
+_EXPLORE_REASON = "something new to discover"
 
 
 def finish_lists(
@@ -33,52 +34,87 @@ def finish_lists(
     batch: CandidateBatch,
     scores: FloatArray,
 ) -> list[list[Item]]:
-    """Each user's top-K after business filters, a per-category cap and exploration."""
+    """Each user's top-K after business filters, a per-category cap and exploration.
+
+    Everything per candidate is numpy over the whole batch; only the final K items of
+    each list are touched in Python, to build their ids and reason sentences.
+    """
     k = rec.settings.top_k
+    users = len(states)
     scores = np.where(batch.valid & _allowed(rec, states, batch), scores, -np.inf)
-    categories = rec.catalog.categories_of(np.where(batch.valid, batch.rows, 0).ravel())
-    categories = categories.reshape(batch.rows.shape)
     cap = rec.settings.max_per_category
     depth = min(scores.shape[1], k * 3 if cap else k)
     if depth == 0:
         return [[] for _ in states]
     top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
-    explore = (rec.settings.explore_share * k + rec.rng.random(len(states))).astype(np.int64)
+    top_scores = np.take_along_axis(scores, top, 1)
+    top_rows = np.take_along_axis(batch.rows, top, 1)
+    explore = (rec.settings.explore_share * k + rec.rng.random(users)).astype(np.int64)
+    room = k - explore
+    if cap:
+        keep = _capped(rec, top_rows, np.isfinite(top_scores), room, cap)
+    else:
+        keep = (np.arange(depth)[None, :] < room[:, None]) & np.isfinite(top_scores)
 
+    contributions = batch.features[np.arange(users)[:, None], top] * rec.ranker.weights
+    strongest = np.argsort(-contributions, axis=2)[..., :2]
+    strength = np.take_along_axis(contributions, strongest, 2)
+    anchors = np.take_along_axis(batch.anchors, top, 1)
+    draws = rec.rng.integers(0, max(len(rec.index), 1), size=(users, _EXPLORE_DRAWS))
+    drawable = _recommendable(rec, draws.ravel()).reshape(draws.shape) & (len(rec.index) > 0)
+
+    ids = rec.index.ids
     lists: list[list[Item]] = []
-    picked_all: list[list[int]] = []
-    for slot, order in enumerate(top.tolist()):
-        row_scores = scores[slot]
-        picked: list[int] = []
-        per_category: dict[int, int] = {}
-        room = k - int(explore[slot])
-        for position in order:
-            if len(picked) >= room or row_scores[position] == -np.inf:
-                break
-            if cap:
-                category = int(categories[slot, position])
-                if category >= 0:
-                    if per_category.get(category, 0) >= cap:
-                        continue
-                    per_category[category] = per_category.get(category, 0) + 1
-            picked.append(position)
-        picked_all.append(picked)
-
-    reasons = _reasons(rec, contexts, batch, picked_all)
-    item_id = rec.index.item_id
-    for slot, picked in enumerate(picked_all):
-        rows = batch.rows[slot]
+    for slot in range(users):
+        texts = _ReasonTexts(rec, contexts[slot])
+        row_list = top_rows[slot].tolist()
+        score_list = top_scores[slot].tolist()
+        anchor_list = anchors[slot].tolist()
+        feature_list = strongest[slot].tolist()
+        strength_list = strength[slot].tolist()
         items: list[Item] = [
-            (item_id(int(rows[p])), float(scores[slot, p]), reasons[slot][n])
-            for n, p in enumerate(picked)
+            (
+                ids[row_list[j]],
+                score_list[j],
+                texts.reasons(row_list[j], anchor_list[j], feature_list[j], strength_list[j]),
+            )
+            for j in np.flatnonzero(keep[slot]).tolist()
         ]
-        floor = items[-1][1] if items else 0.0
-        taken = {int(rows[p]) for p in picked} | {int(r) for r in batch.recent[slot] if r >= 0}
-        for row in _explore(rec, taken, k - len(items)):
-            items.append((item_id(row), floor, ["something new to discover"]))
+        missing = k - len(items)
+        if missing > 0:
+            floor = items[-1][1] if items else 0.0
+            taken = {row_list[j] for j in np.flatnonzero(keep[slot]).tolist()}
+            taken.update(batch.recent[slot].tolist())
+            for row, ok in zip(draws[slot].tolist(), drawable[slot].tolist(), strict=True):
+                if ok and row not in taken:
+                    items.append((ids[row], floor, [_EXPLORE_REASON]))
+                    taken.add(row)
+                    if len(items) == k:
+                        break
         lists.append(items)
     return lists
+
+
+def _capped(
+    rec: Recommender, rows: IntArray, usable: npt.NDArray[np.bool_], room: IntArray, cap: int
+) -> npt.NDArray[np.bool_]:
+    """Greedy per-category cap over each user's ranked rows (diversity)."""
+    categories = rec.catalog.categories_of(np.where(usable, rows, 0).ravel()).reshape(rows.shape)
+    keep = np.zeros(rows.shape, dtype=bool)
+    for slot in range(rows.shape[0]):
+        per_category: dict[int, int] = {}
+        taken = 0
+        for j, category in enumerate(categories[slot].tolist()):
+            if taken >= room[slot] or not usable[slot, j]:
+                break
+            if category >= 0:
+                if per_category.get(category, 0) >= cap:
+                    continue
+                per_category[category] = per_category.get(category, 0) + 1
+            keep[slot, j] = True
+            taken += 1
+    return keep
 
 
 def _allowed(
@@ -116,63 +152,11 @@ def _recommendable(rec: Recommender, rows: IntArray) -> npt.NDArray[np.bool_]:
     return allowed
 
 
-def _explore(rec: Recommender, taken: set[int], slots: int) -> list[int]:
-    """Fill the last slots with items the user has not seen, drawn across the catalog.
-
-    Cold items (known to the catalog, rarely touched) get exposure this way, which is how
-    the models ever learn about them.
-    """
-    if slots <= 0 or len(rec.index) == 0:
-        return []
-    draws = rec.rng.integers(0, len(rec.index), size=_EXPLORE_DRAWS * slots)
-    available = _recommendable(rec, draws)
-    picked: list[int] = []
-    for row, ok in zip(draws.tolist(), available.tolist(), strict=True):
-        if ok and row not in taken:
-            picked.append(row)
-            taken.add(row)
-            if len(picked) == slots:
-                break
-    return picked
-
-
-def _reasons(
-    rec: Recommender,
-    contexts: Sequence[UserContext],
-    batch: CandidateBatch,
-    picked: list[list[int]],
-) -> list[list[list[str]]]:
-    """For each picked candidate, the two sources that added most to its score, in words."""
-    weights = rec.ranker.weights
-    out: list[list[list[str]]] = []
-    for slot, positions in enumerate(picked):
-        if not positions:
-            out.append([])
-            continue
-        contributions = batch.features[slot, positions] * weights
-        strongest = np.argsort(-contributions, axis=1)[:, :2]
-        texts = _ReasonTexts(rec, contexts[slot], batch, slot)
-        user_reasons: list[list[str]] = []
-        for n, position in enumerate(positions):
-            reasons: list[str] = []
-            for feature in strongest[n].tolist():
-                if contributions[n, feature] < _MIN_CONTRIBUTION:
-                    break
-                text = texts.say(position, feature)
-                if text and text not in reasons:
-                    reasons.append(text)
-            user_reasons.append(reasons or ["popular right now"])
-        out.append(user_reasons)
-    return out
-
-
 class _ReasonTexts:
     """Reason sentences for one user's list, the way a user would say them."""
 
-    def __init__(
-        self, rec: Recommender, context: UserContext, batch: CandidateBatch, slot: int
-    ) -> None:
-        self.rec, self.batch, self.slot = rec, batch, slot
+    def __init__(self, rec: Recommender, context: UserContext) -> None:
+        self.rec = rec
         if context.country:
             self.segment = f"trending in your country ({context.country})"
         elif context.device:
@@ -180,11 +164,22 @@ class _ReasonTexts:
         else:
             self.segment = "trending now"
 
-    def say(self, position: int, feature: int) -> str | None:
+    def reasons(
+        self, row: int, anchor: int, features: list[int], strengths: list[float]
+    ) -> list[str]:
+        """The (up to two) strongest sources of an item's score, in words."""
+        said: list[str] = []
+        for feature, strength in zip(features, strengths, strict=True):
+            if strength < _MIN_CONTRIBUTION:
+                break
+            text = self.say(row, anchor, feature)
+            if text and text not in said:
+                said.append(text)
+        return said or ["popular right now"]
+
+    def say(self, row: int, anchor: int, feature: int) -> str | None:
         rec = self.rec
-        row = int(self.batch.rows[self.slot, position])
         if feature == 0:
-            anchor = int(self.batch.anchors[self.slot, position])
             if anchor < 0:
                 return None
             return f"viewed together with {rec.catalog.title(anchor, rec.index.item_id(anchor))}"
