@@ -58,7 +58,8 @@ class TasteModel:
         if cached is not None and cached[0] == block:
             return cached[1]
         rng = np.random.default_rng([self.seed, block])
-        fresh = rng.standard_normal((_BLOCK, self.dim)) * (_INIT_SCALE / np.sqrt(self.dim))
+        fresh: npt.NDArray[np.float64] = rng.standard_normal((_BLOCK, self.dim))
+        fresh *= _INIT_SCALE / np.sqrt(self.dim)
         self._last_block = (block, fresh)
         return fresh
 
