@@ -118,6 +118,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> int:
         thread.join(30)
         lists.close()
         server.stop()
+        producer.close()
         owner.flush(1)
     _summary(console, worker, metrics)
     return 0
@@ -164,6 +165,7 @@ class _ListReader:
                 "bootstrap.servers": settings.bootstrap_servers,
                 "group.id": "tailor-demo-reader",
                 "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,  # a latency-minded reader; the default waits 500 ms
             }
         )
         self.consumer.subscribe([settings.recommendations_topic])
@@ -179,7 +181,9 @@ class _ListReader:
     def wait_for(self, user_id: str, event_id: str, timeout_s: float) -> Json:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            self._keep(self.consumer.consume(100, 0.1))
+            message = self.consumer.poll(0.1)  # returns as soon as one list arrives
+            if message is not None:
+                self._keep([message])
             found = self.latest.get(user_id)
             if found and event_id in found["covered_event_ids"]:
                 return found
