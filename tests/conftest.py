@@ -21,18 +21,8 @@ pytest_plugins = ["tests.servers"]
 @pytest.fixture
 def settings(kafka_bootstrap: str, redis_url: str) -> Settings:
     """Settings on the real servers with fresh topics, group and key prefix."""
-    suffix = uuid.uuid4().hex[:10]
-    configured = Settings(
-        bootstrap_servers=kafka_bootstrap,
-        redis_url=redis_url,
-        events_topic=f"events-{suffix}",
-        catalog_topic=f"catalog-{suffix}",
-        recommendations_topic=f"recs-{suffix}",
-        dlq_topic=f"dlq-{suffix}",
-        group_id=f"tailor-{suffix}",
-        redis_key_prefix=f"t{suffix}",
-        metrics_port=0,
-        batch_wait_ms=20,
+    configured = Settings(bootstrap_servers=kafka_bootstrap, redis_url=redis_url).in_namespace(
+        uuid.uuid4().hex[:10], metrics_port=0, batch_wait_ms=20
     )
     create_topics(configured, partitions=2)
     return configured

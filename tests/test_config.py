@@ -265,3 +265,33 @@ def test_settings_class_has_no_mutable_default_shared() -> None:
     first, second = Settings(), Settings()
     assert first.kafka_extra is not second.kafka_extra
     assert first.deny_categories is not second.deny_categories
+
+
+def test_in_namespace_gives_topics_group_and_keys_of_its_own() -> None:
+    base = Settings()
+    once = base.in_namespace("a1b2c3d4e5")
+    twice = once.in_namespace("bench-f6a7b8c9d0")
+    for settings in (once, twice):
+        names = [
+            settings.events_topic,
+            settings.catalog_topic,
+            settings.recommendations_topic,
+            settings.dlq_topic,
+            settings.group_id,
+            settings.redis_key_prefix,
+        ]
+        assert all(name not in _base_names(base) for name in names)
+        assert len(settings.redis_key_prefix) <= 32
+    assert twice.redis_key_prefix.endswith("bench-f6a7b8c9d0")
+    assert twice.events_topic.endswith(".a1b2c3d4e5.bench-f6a7b8c9d0")
+
+
+def _base_names(settings: Settings) -> set[str]:
+    return {
+        settings.events_topic,
+        settings.catalog_topic,
+        settings.recommendations_topic,
+        settings.dlq_topic,
+        settings.group_id,
+        settings.redis_key_prefix,
+    }

@@ -122,7 +122,153 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the defaults as the Markdown table the README carries",
     )
+    _bench_parser(commands)
     return parser
+
+
+def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput and latency on a synthetic clickstream and print the numbers",
+        description="Benchmarks that print measurements (a table; --json for machines). "
+        "`tailor bench core` times the recommender core alone, without I/O; `tailor bench "
+        "worker` runs the real worker on the Kafka and Redis of the settings "
+        "(TAILOR_BOOTSTRAP_SERVERS, TAILOR_REDIS_URL) on topics and keys of its own. Both "
+        "play one seeded synthetic stream: Zipf-like item and user popularity, users who "
+        "mostly stay within a few favourite categories, mostly views and clicks.",
+    )
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--items", type=_positive_int, default=100_000, help="catalog items (default 100000)"
+    )
+    shared.add_argument(
+        "--categories",
+        type=_positive_int,
+        default=500,
+        help="leaf categories the items fall into (default 500)",
+    )
+    shared.add_argument(
+        "--users", type=_positive_int, default=50_000, help="distinct users (default 50000)"
+    )
+    shared.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="events per micro-batch (default TAILOR_BATCH_SIZE)",
+    )
+    shared.add_argument(
+        "--seed", type=int, default=7, help="seed of the synthetic catalog and stream (default 7)"
+    )
+    shared.add_argument(
+        "--json", type=Path, metavar="OUT", help="also write the measured numbers as JSON here"
+    )
+    shared.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is also off when stdout is not a terminal)",
+    )
+    core = kinds.add_parser(
+        "core",
+        parents=[shared],
+        help="the recommender core alone: no Kafka, no Redis",
+        description="Apply the synthetic catalog, then feed the events through "
+        "Recommender.process in micro-batches, keeping user states in memory as Redis "
+        "would. The first --warmup share is not timed. Prints events/s, lists/s, batch "
+        "p50/p95/p99 ms, catalog size, distinct users per batch and the machine.",
+    )
+    core.add_argument(
+        "--events",
+        type=_positive_int,
+        default=50_000,
+        help="events played, the --warmup share of them first and untimed (default 50000)",
+    )
+    core.add_argument(
+        "--warmup",
+        type=_share,
+        default=0.2,
+        metavar="SHARE",
+        help="share of --events processed first and not timed (default 0.2)",
+    )
+    worker = kinds.add_parser(
+        "worker",
+        parents=[shared],
+        help="the real worker on the settings' Kafka and Redis: drain rate and latency",
+        description="Create fresh topics (unique names), produce the catalog, start a worker "
+        "in this process, then (1) drain: produce --events as fast as possible and time "
+        "until the worker has consumed them (a --warmup share of --events goes first, "
+        "untimed); (2) latency: send --latency-events at --rate per second and measure, "
+        "as a downstream reader of the recommendations topic sees it, the time from each "
+        "event's send to the first list that covers it. Topics, consumer group and Redis "
+        "keys are deleted afterwards unless --keep.",
+    )
+    worker.add_argument(
+        "--events",
+        type=_positive_int,
+        default=50_000,
+        help="events of the timed drain phase (default 50000)",
+    )
+    worker.add_argument(
+        "--warmup",
+        type=_share,
+        default=0.2,
+        metavar="SHARE",
+        help="this share of --events is played before the drain, untimed, so that the "
+        "group is joined and the models are warm (default 0.2)",
+    )
+    worker.add_argument(
+        "--latency-events",
+        type=_positive_int,
+        default=5_000,
+        metavar="N",
+        help="events sent in the paced latency phase (default 5000)",
+    )
+    worker.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=1000.0,
+        metavar="PER_S",
+        help="events per second in the latency phase (default 1000)",
+    )
+    worker.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=4,
+        help="partitions of the events and recommendations topics (default 4)",
+    )
+    worker.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up when one phase (catalog load, drain, last lists) takes longer (default 600)",
+    )
+    worker.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the topics, consumer group and Redis keys the benchmark made",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
+    return value
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -212,6 +358,56 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.bench import (
+        BenchError,
+        CoreOptions,
+        WorkerOptions,
+        Workload,
+        print_report,
+        run_core,
+        run_worker,
+        write_json,
+    )
+
+    console = Console()
+    workload = Workload(
+        items=args.items, categories=args.categories, users=args.users, seed=args.seed
+    )
+    if args.batch_size is not None:
+        settings = settings.with_overrides(batch_size=args.batch_size)
+    try:
+        if args.bench == "core":
+            core = CoreOptions(
+                workload=workload,
+                events=args.events,
+                batch_size=settings.batch_size,
+                warmup=args.warmup,
+                progress=not args.no_progress,
+            )
+            result = run_core(settings, core, console)
+        else:
+            options = WorkerOptions(
+                workload=workload,
+                events=args.events,
+                warmup=args.warmup,
+                latency_events=args.latency_events,
+                rate=args.rate,
+                partitions=args.partitions,
+                keep=args.keep,
+                timeout_s=args.timeout,
+                progress=not args.no_progress,
+            )
+            result = run_worker(settings, options, console)
+    except BenchError as error:
+        print(f"tailor bench: {error}", file=sys.stderr)
+        return 1
+    print_report(result, console)
+    if args.json is not None:
+        write_json(result, args.json)
+    return 0
+
+
 def settings_table_markdown() -> str:
     """Every setting with its default and meaning; the README embeds this table verbatim."""
     lines = ["| environment variable | default | meaning |", "|---|---|---|"]
@@ -228,6 +424,7 @@ _COMMANDS = {
     "schemas": _schemas,
     "forget": _forget,
     "config": _config,
+    "bench": _bench,
 }
 
 

@@ -172,6 +172,19 @@ class Settings(BaseSettings):
             file_secret_settings,
         )
 
+    def in_namespace(self, suffix: str, **changes: Any) -> Settings:
+        """A copy on topics, group and Redis keys of its own (benchmarks, tests)."""
+        head = self.redis_key_prefix[: max(0, 31 - len(suffix))]
+        return self.with_overrides(
+            events_topic=f"{self.events_topic}.{suffix}",
+            catalog_topic=f"{self.catalog_topic}.{suffix}",
+            recommendations_topic=f"{self.recommendations_topic}.{suffix}",
+            dlq_topic=f"{self.dlq_topic}.{suffix}",
+            group_id=f"{self.group_id}-{suffix}",
+            redis_key_prefix=f"{head}-{suffix}"[-32:],
+            **changes,
+        )
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A validated copy; the demo and tests use it to point at their own servers."""
         return type(self).model_validate({**self.model_dump(), **changes})
