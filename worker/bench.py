@@ -50,7 +50,7 @@ from rich.table import Table
 from worker import __version__
 from worker.config import Settings
 from worker.contract import CatalogItem, Event
-from worker.loop import Worker
+from worker.loop import Worker, freeze_startup_objects
 from worker.recommend import Envelope, Recommender
 from worker.state.store import StoreUnavailable, connect_redis
 from worker.state.user import UserState
@@ -276,6 +276,7 @@ def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json
         envelopes = [
             Envelope(Event.model_validate(body), 0, offset) for offset, body in enumerate(bodies)
         ]
+        freeze_startup_objects()  # as the worker does once its catalog is loaded
         task = progress.add_task("warm-up", total=warmup)
         for batch in _chunks(envelopes[:warmup], options.batch_size):
             _process(recommender, batch, states)

@@ -9,6 +9,7 @@ replay harmless for per-user state (see DESIGN.md "Delivery semantics").
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -94,6 +95,7 @@ class Worker:
         partitions = assign_whole_topic(self.catalog, self.settings.catalog_topic)
         loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
         log.info("catalog: %d items from %d partition(s)", loaded, partitions)
+        freeze_startup_objects()
         self.consumer.subscribe(
             [self.settings.events_topic],
             on_assign=self._on_assign,
@@ -431,6 +433,18 @@ class Worker:
         if lags and not self._paused and self.health.why == "all Kafka brokers down":
             self.health.set_ready(True)
             self.metrics.ready.set(1)
+
+
+def freeze_startup_objects() -> None:
+    """Take everything built at start-up (catalog, index, models) out of the cyclic GC.
+
+    These objects live as long as the process; leaving them in the collector's oldest
+    generation makes every full collection scan them, which showed up as 120-260 ms
+    pauses every few batches with a 100k-item catalog. Frozen objects are still freed by
+    reference counting when dropped.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _coordinates(message: Message) -> tuple[str, int, int]:
