@@ -54,6 +54,22 @@ def test_a_bad_setting_stops_start_up_naming_the_setting() -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_an_unreachable_redis_stops_start_up_with_exit_1() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(
+        TAILOR_REDIS_URL="redis://127.0.0.1:1/0",
+        TAILOR_REDIS_TIMEOUT_S="0.5",
+        TAILOR_METRICS_PORT="0",
+        TAILOR_METRICS_HOST="127.0.0.1",
+    )
+    done = subprocess.run(
+        [*TAILOR, "run"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert "cannot reach Redis" in done.stderr
+    assert "TAILOR_REDIS_URL" in done.stderr
+
+
 def test_help_explains_every_option() -> None:
     done = subprocess.run(
         [*TAILOR, "run", "--help"], capture_output=True, text=True, timeout=60, check=True

@@ -172,3 +172,20 @@ def test_dead_letter_detail_with_odd_text_is_still_bytes() -> None:
     detail = headers[f"{HEADER_PREFIX}detail"]
     assert isinstance(detail, bytes)
     assert "é".encode() in detail
+
+
+def test_nothing_after_a_failed_batch_is_ever_stored() -> None:
+    stored: list[dict[tuple[str, int], int]] = []
+    tracker = DeliveryTracker(stored.append)
+    failed = tracker.open({("t", 0): 5})
+    tracker.sent(failed)
+    later = tracker.open({("t", 0): 9})
+    tracker.sent(later)
+    tracker.acknowledged(failed, "broker said no")
+    tracker.acknowledged(later, None)
+    tracker.seal(later)
+    with pytest.raises(DeliveryFailed):
+        tracker.seal(failed)
+    with pytest.raises(DeliveryFailed):  # asking again must not skip past the failure
+        tracker.advance()
+    assert stored == []

@@ -272,9 +272,12 @@ def _share(text: str) -> float:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
+
     from worker.loop import Worker
     from worker.metrics import Health, Metrics, MetricsServer
     from worker.state.store import StoreUnavailable
+    from worker.transport.delivery import DeliveryFailed
 
     stop = threading.Event()
 
@@ -296,6 +299,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     try:
         worker.run(stop, idle_exit_s=args.exit_when_idle)
+    except (StoreUnavailable, DeliveryFailed, KafkaException) as error:
+        log.critical("stopping: %s; uncommitted events will be replayed on restart", error)
+        return 1
     finally:
         server.stop()
     return 0

@@ -27,7 +27,7 @@ from worker.decode import DeadLetter, decode_catalog_item, decode_event
 from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
 from worker.state.store import StoreUnavailable, UserStore, connect_redis
-from worker.transport.delivery import DeliveryTracker, PendingBatch
+from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBatch
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
     assign_whole_topic,
@@ -127,11 +127,14 @@ class Worker:
     def close(self) -> None:
         """Finish what is in flight: flush outputs, store and commit offsets, leave the group."""
         remaining = self.producer.flush(30)
-        if remaining:
-            log.error("%d outputs were not acknowledged; their events will be replayed", remaining)
-        else:
-            self.tracker.advance()
-            self._commit()
+        try:
+            if remaining:
+                log.error("%d outputs not acknowledged; their events will be replayed", remaining)
+            else:
+                self.tracker.advance()
+                self._commit()
+        except DeliveryFailed as error:
+            log.error("not committing past a failed delivery (%s): it will be replayed", error)
         self.consumer.close()
         self.catalog.close()
         self.producer.close()

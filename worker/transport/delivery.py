@@ -59,9 +59,10 @@ class DeliveryTracker:
         """Store offsets of the leading finished batches; returns how many were released."""
         released = 0
         while self._pending and self._pending[0].done:
-            batch = self._pending.popleft()
-            if batch.errors:
+            batch = self._pending[0]
+            if batch.errors:  # stays at the head: nothing after it is ever stored
                 raise DeliveryFailed(f"delivery failed: {batch.errors[0]}")
+            self._pending.popleft()
             self._store(batch.next_offsets)
             released += 1
         return released
