@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     trending_half_life_s: float = Field(
         3 * 24 * 3600.0, gt=0, description="event-time half-life of popularity and co-visits"
     )
+    segment_half_life_events: int = Field(
+        10_000, ge=10, description="events after which a segment's counts weigh half"
+    )
     trending_pool: int = Field(100, ge=1, le=100_000, description="trending candidates per user")
     taste_pool: int = Field(2000, ge=0, le=1_000_000, description="items the taste search scans")
     explore_share: float = Field(0.05, ge=0, lt=1, description="share of slots that explore")

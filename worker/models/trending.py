@@ -1,15 +1,20 @@
-"""Time-decayed popularity, overall and per context segment (country, device).
+"""Popularity: time-decayed overall, and per context segment (country, device, hour).
 
 Cold users get context-aware trending; everyone gets trending as one candidate source and
-as a ranker feature. Segments are bounded in number and in items each.
+as a ranker feature. The overall scores are one numpy array. Each segment is a River
+``sketch.HeavyHitters`` (lossy counting with a forgetting factor), updated on every event:
+bounded memory per segment whatever the number of items, and old interest fades.
+Segments are bounded in number too.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from river import sketch
 
 from worker.models.arrays import grow_rows
 from worker.models.decay import DecayClock
@@ -24,15 +29,21 @@ _MAX_SEGMENTS = 512
 
 class Trending:
     def __init__(
-        self, half_life_s: float, top_size: int, segment_size: int, refresh_every: int = 1000
+        self,
+        half_life_s: float,
+        top_size: int,
+        segment_size: int,
+        refresh_every: int = 1000,
+        segment_half_life_events: int = 10_000,
     ) -> None:
         self.clock = DecayClock(half_life_s)
         self.top_size = top_size
         self.segment_size = segment_size
         self.refresh_every = refresh_every
+        self.segment_half_life_events = segment_half_life_events
         self.scores: FloatArray = np.zeros(0, dtype=np.float64)
         self.all_time: FloatArray = np.zeros(0, dtype=np.float64)
-        self.segments: dict[str, dict[int, float]] = {}
+        self.segments: dict[str, sketch.HeavyHitters] = {}
         self._top: IntArray = np.zeros(0, dtype=np.int64)
         self._segment_top: dict[str, tuple[IntArray, FloatArray]] = {}
         self._segment_by_row: dict[str, tuple[IntArray, FloatArray]] = {}
@@ -56,18 +67,18 @@ class Trending:
         valid = rows >= 0
         np.add.at(self.scores, rows[valid], scaled[valid])
         np.add.at(self.all_time, rows[valid], np.abs(weights[valid]))
-        for row, weight, keys in zip(rows.tolist(), scaled.tolist(), segments, strict=True):
+        repeats = np.maximum(np.rint(weights), 1).astype(np.int64).tolist()
+        for row, times_counted, keys in zip(rows.tolist(), repeats, segments, strict=True):
             if row < 0:
                 continue
             for key in keys:
-                bucket = self.segments.get(key)
-                if bucket is None:
+                counter = self.segments.get(key)
+                if counter is None:
                     if len(self.segments) >= _MAX_SEGMENTS:
                         continue
-                    bucket = self.segments[key] = {}
-                bucket[row] = bucket.get(row, 0.0) + weight
-                if len(bucket) > 8 * self.segment_size:
-                    self._prune(bucket)
+                    counter = self.segments[key] = self._new_segment()
+                for _ in range(times_counted):  # HeavyHitters counts; weight = repeats
+                    counter.update(row)
         self._since_refresh += rows.size
         if self._since_refresh >= self.refresh_every:
             self.refresh()
@@ -79,13 +90,13 @@ class Trending:
         self._top = _top_rows(self.scores, self.top_size)
         self._segment_top = {}
         self._segment_by_row = {}
-        for key, bucket in self.segments.items():
-            rows = np.fromiter(bucket.keys(), dtype=np.int64, count=len(bucket))
-            values = np.fromiter(bucket.values(), dtype=np.float64, count=len(bucket))
-            order = np.argsort(-values, kind="stable")[: self.segment_size]
-            self._segment_top[key] = (rows[order], values[order])
-            by_row = np.argsort(rows[order])
-            self._segment_by_row[key] = (rows[order][by_row], values[order][by_row])
+        for key, counter in self.segments.items():
+            common = counter.most_common(self.segment_size)
+            rows = np.array([row for row, _ in common], dtype=np.int64)
+            values = np.array([count for _, count in common], dtype=np.float64)
+            self._segment_top[key] = (rows, values)
+            by_row = np.argsort(rows)
+            self._segment_by_row[key] = (rows[by_row], values[by_row])
 
     def top(self) -> IntArray:
         return self._top
@@ -111,24 +122,26 @@ class Trending:
         position = np.minimum(np.searchsorted(sorted_rows, rows), sorted_rows.size - 1)
         hit = sorted_rows[position] == rows
         out[hit] = values[position[hit]]
-        return np.log1p(out / self.clock.current_scale())
+        return np.log1p(out)
 
     def _advance(self, t: float) -> None:
         factor = self.clock.advance(t)
         if factor is None:
             return
         self.scores /= factor
-        for bucket in self.segments.values():
-            for row in bucket:
-                bucket[row] /= factor
         self.refresh()
 
-    def _prune(self, bucket: dict[int, float]) -> None:
-        keep = sorted(bucket.items(), key=lambda pair: pair[1], reverse=True)[
-            : 4 * self.segment_size
-        ]
-        bucket.clear()
-        bucket.update(keep)
+    def _new_segment(self) -> sketch.HeavyHitters:
+        """Lossy counting sized to hold a segment's top list with room to spare.
+
+        River fades the counts once per bucket of ``ceil(1/epsilon)`` updates, so the
+        factor is set per bucket to halve them every ``segment_half_life_events``.
+        """
+        epsilon = 0.05 / self.segment_size
+        per_bucket = math.ceil(1 / epsilon) / self.segment_half_life_events
+        return sketch.HeavyHitters(
+            support=epsilon / 10, epsilon=epsilon, fading_factor=math.pow(0.5, per_bucket)
+        )
 
 
 def _top_rows(scores: FloatArray, n: int) -> IntArray:

@@ -63,9 +63,11 @@ class UserContext:
 
     @property
     def segments(self) -> tuple[str, ...]:
+        """Context segments, most telling first; every event has at least its hour."""
         keys = []
         if self.country:
             keys.append(f"country:{self.country}")
+        keys.append(f"hour:{self.hour}")
         if self.device:
             keys.append(f"device:{self.device}")
         return tuple(keys)
@@ -222,7 +224,7 @@ def _recent_and_anchors(rec: Recommender, states: Sequence[UserState]) -> tuple[
 def _segment_candidates(
     rec: Recommender, contexts: Sequence[UserContext], keys: list[str]
 ) -> IntArray:
-    """Each user's segment trending lists side by side (country, then device)."""
+    """Each user's two most telling segment trending lists side by side."""
     width = rec.settings.trending_pool
     out = np.full((len(contexts), 2 * width), _NO_ROW, dtype=np.int64)
     tops = {key: rec.trending.segment_top(key)[0][:width] for key in keys}

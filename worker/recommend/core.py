@@ -115,6 +115,7 @@ class Recommender:
             settings.trending_half_life_s,
             top_size=max(settings.trending_pool, settings.taste_pool),
             segment_size=settings.trending_pool,
+            segment_half_life_events=settings.segment_half_life_events,
         )
         self.covis = CoVisitation(settings.covis_neighbours, settings.trending_half_life_s)
         self.taste = TasteModel(

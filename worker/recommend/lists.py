@@ -159,10 +159,8 @@ class _ReasonTexts:
         self.rec = rec
         if context.country:
             self.segment = f"trending in your country ({context.country})"
-        elif context.device:
-            self.segment = f"popular on {context.device}"
         else:
-            self.segment = "trending now"
+            self.segment = "popular at this time of day"
 
     def reasons(
         self, row: int, anchor: int, features: list[int], strengths: list[float]
