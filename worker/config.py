@@ -115,7 +115,9 @@ class Settings(BaseSettings):
         default_factory=list, description="categories never recommended (JSON list)"
     )
     ranker_memory_users: int = Field(
-        50_000, ge=0, description="users whose last candidates are kept for ranker training"
+        20_000,
+        ge=0,
+        description="users whose last candidates are kept for ranker training (~4.4 KB each)",
     )
     max_items: int = Field(2_000_000, ge=10, description="bound on items the models track")
     seed: int = Field(7, description="random seed: same seed, same lists")

@@ -333,7 +333,7 @@ class Recommender:
         return finish_lists(self, states, contexts, batch, scores)
 
     def category_top(self, category: int, n: int) -> IntArray:
-        """The ``n`` most popular items of a category, cached until trending refreshes."""
+        """The ``n`` most popular items of a category, recomputed every few trending refreshes."""
         if self.trending.version - self._category_cache_version >= _CATEGORY_CACHE_REFRESHES:
             self._category_cache.clear()
             self._category_cache_version = self.trending.version
