@@ -56,13 +56,26 @@ class CoVisitation:
         hit_rows = sources[found]
         hit_slots = slots[found].argmax(axis=1)
         self.weight[hit_rows, hit_slots] += summed[found].astype(np.float32)
-        # New neighbours: one at a time per source row, since two may compete for a slot.
-        for source, target, weight in zip(
-            sources[~found].tolist(), targets[~found].tolist(), summed[~found].tolist(), strict=True
-        ):
-            slot = int(self.weight[source].argmin())
-            self.neighbour[source, slot] = target
-            self.weight[source, slot] += np.float32(weight)
+        self._insert(sources[~found], targets[~found], summed[~found])
+
+    def _insert(self, sources: IntArray, targets: IntArray, weights: FloatArray) -> None:
+        """New neighbours evict the weakest slots, strongest newcomer first.
+
+        A source with k newcomers hands them its k weakest slots (distinct ones), each
+        newcomer inheriting the evicted weight plus its own: Space-Saving, batched.
+        """
+        if sources.size == 0:
+            return
+        order = np.lexsort((-weights, sources))
+        sources, targets, weights = sources[order], targets[order], weights[order]
+        distinct, first, counts = np.unique(sources, return_index=True, return_counts=True)
+        rank = np.arange(sources.size) - np.repeat(first, counts)
+        group = np.repeat(np.arange(distinct.size), counts)
+        keep = rank < self.m
+        weakest_first = np.argsort(self.weight[distinct], axis=1, kind="stable")
+        slots = weakest_first[group[keep], rank[keep]]
+        self.neighbour[sources[keep], slots] = targets[keep]
+        self.weight[sources[keep], slots] += weights[keep].astype(np.float32)
 
     def neighbours_of(self, rows: IntArray) -> tuple[IntArray, FloatArray]:
         """``[len(rows), M]`` neighbour rows (-1 = empty) and weights read in 'now' units."""

@@ -51,26 +51,17 @@ class UserContext:
     device: str | None
     hour: int
     weekday: int
+    segments: tuple[str, ...]  # most telling first; every event has at least its hour
 
     @classmethod
     def of(cls, event: Event) -> UserContext:
-        return cls(
-            country=event.context.country,
-            device=event.context.device,
-            hour=event.timestamp.hour,
-            weekday=event.timestamp.weekday(),
-        )
-
-    @property
-    def segments(self) -> tuple[str, ...]:
-        """Context segments, most telling first; every event has at least its hour."""
-        keys = []
-        if self.country:
-            keys.append(f"country:{self.country}")
-        keys.append(f"hour:{self.hour}")
-        if self.device:
-            keys.append(f"device:{self.device}")
-        return tuple(keys)
+        country, device, hour = event.context.country, event.context.device, event.timestamp.hour
+        segments = [f"hour:{hour}"]
+        if country:
+            segments.insert(0, f"country:{country}")
+        if device:
+            segments.append(f"device:{device}")
+        return cls(country, device, hour, event.timestamp.weekday(), tuple(segments))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +148,13 @@ def gather_candidates(
     popularity = rec.trending.normalised(safe_rows.ravel()).reshape(rows.shape)
     features[..., 2] = popularity
     segment = np.zeros(rows.shape)
-    for key in segment_keys:
-        members = np.array([key in context.segments for context in contexts])
-        scores = rec.trending.segment_normalised(key, safe_rows[members].ravel())
-        segment[members] = np.maximum(segment[members], scores.reshape(-1, rows.shape[1]))
+    members: dict[str, list[int]] = {}
+    for slot, context in enumerate(contexts):
+        for key in context.segments:
+            members.setdefault(key, []).append(slot)
+    for key, slots in members.items():
+        scores = rec.trending.segment_normalised(key, safe_rows[slots].ravel())
+        segment[slots] = np.maximum(segment[slots], scores.reshape(len(slots), -1))
     features[..., 3] = segment
     categories = rec.catalog.categories_of(safe_rows.ravel()).reshape(rows.shape)
     features[..., 4] = (categories[:, :, None] == anchor_categories[:, None, :]).any(axis=2)

@@ -61,30 +61,32 @@ def finish_lists(
     strongest = np.argsort(-contributions, axis=2)[..., :2]
     strength = np.take_along_axis(contributions, strongest, 2)
     anchors = np.take_along_axis(batch.anchors, top, 1)
+    reasons = _reasons(
+        rec,
+        contexts,
+        np.nonzero(keep)[0],
+        top_rows[keep],
+        anchors[keep],
+        strongest[keep],
+        strength[keep],
+    )
     draws = rec.rng.integers(0, max(len(rec.index), 1), size=(users, _EXPLORE_DRAWS))
     drawable = _recommendable(rec, draws.ravel()).reshape(draws.shape) & (len(rec.index) > 0)
 
     ids = rec.index.ids
+    kept_rows = top_rows[keep].tolist()
+    kept_ids = [ids[row] for row in kept_rows]
+    kept_scores = top_scores[keep].tolist()
+    ends = np.cumsum(keep.sum(axis=1)).tolist()
     lists: list[list[Item]] = []
-    for slot in range(users):
-        texts = _ReasonTexts(rec, contexts[slot])
-        row_list = top_rows[slot].tolist()
-        score_list = top_scores[slot].tolist()
-        anchor_list = anchors[slot].tolist()
-        feature_list = strongest[slot].tolist()
-        strength_list = strength[slot].tolist()
-        items: list[Item] = [
-            (
-                ids[row_list[j]],
-                score_list[j],
-                texts.reasons(row_list[j], anchor_list[j], feature_list[j], strength_list[j]),
-            )
-            for j in np.flatnonzero(keep[slot]).tolist()
-        ]
-        missing = k - len(items)
-        if missing > 0:
+    start = 0
+    for slot, end in enumerate(ends):
+        items: list[Item] = list(
+            zip(kept_ids[start:end], kept_scores[start:end], reasons[start:end], strict=True)
+        )
+        if len(items) < k:
             floor = items[-1][1] if items else 0.0
-            taken = {row_list[j] for j in np.flatnonzero(keep[slot]).tolist()}
+            taken = set(kept_rows[start:end])
             taken.update(batch.recent[slot].tolist())
             for row, ok in zip(draws[slot].tolist(), drawable[slot].tolist(), strict=True):
                 if ok and row not in taken:
@@ -93,7 +95,47 @@ def finish_lists(
                     if len(items) == k:
                         break
         lists.append(items)
+        start = end
     return lists
+
+
+def _reasons(
+    rec: Recommender,
+    contexts: Sequence[UserContext],
+    users: IntArray,
+    rows: IntArray,
+    anchors: IntArray,
+    features: IntArray,
+    strengths: FloatArray,
+) -> list[list[str]]:
+    """Reason sentences for every listed item of the batch, flat, in list order.
+
+    An item's reasons depend only on its two strongest features and one detail of each
+    (the co-visitation anchor, the item's category, the user's country), so each distinct
+    combination is put into words once per batch and shared by every item that has it.
+    """
+    if rows.size == 0:
+        return []
+    countries = sorted({context.country or "" for context in contexts})
+    country_ids = {country: n for n, country in enumerate(countries)}
+    user_country = np.array([country_ids[context.country or ""] for context in contexts])
+    categories = rec.catalog.categories_of(rows)
+    used = strengths >= _MIN_CONTRIBUTION
+    used[:, 1] &= used[:, 0]
+    codes = np.where(used, features, -1)
+    details = np.zeros(codes.shape, dtype=np.int64)
+    for part in range(2):
+        feature = codes[:, part]
+        details[:, part] = np.select(
+            [feature == 0, np.isin(feature, (1, 4)), np.isin(feature, (3, 8))],
+            [anchors, categories, user_country[users]],
+            0,
+        )
+    keys = np.stack([codes[:, 0], details[:, 0], codes[:, 1], details[:, 1]], axis=1)
+    combos, which = np.unique(keys, axis=0, return_inverse=True)
+    texts = _ReasonTexts(rec, countries)
+    said = [texts.reasons(combo) for combo in combos.tolist()]
+    return [said[n] for n in which.ravel().tolist()]
 
 
 def _capped(
@@ -153,44 +195,43 @@ def _recommendable(rec: Recommender, rows: IntArray) -> npt.NDArray[np.bool_]:
 
 
 class _ReasonTexts:
-    """Reason sentences for one user's list, the way a user would say them."""
+    """Reason sentences, the way a user would say them."""
 
-    def __init__(self, rec: Recommender, context: UserContext) -> None:
+    def __init__(self, rec: Recommender, countries: list[str]) -> None:
         self.rec = rec
-        if context.country:
-            self.segment = f"trending in your country ({context.country})"
-        else:
-            self.segment = "popular at this time of day"
+        self.countries = countries
 
-    def reasons(
-        self, row: int, anchor: int, features: list[int], strengths: list[float]
-    ) -> list[str]:
-        """The (up to two) strongest sources of an item's score, in words."""
+    def reasons(self, combo: list[int]) -> list[str]:
+        """Words for (feature, detail, feature, detail); -1 marks an unused feature."""
         said: list[str] = []
-        for feature, strength in zip(features, strengths, strict=True):
-            if strength < _MIN_CONTRIBUTION:
+        for feature, detail in ((combo[0], combo[1]), (combo[2], combo[3])):
+            if feature < 0:
                 break
-            text = self.say(row, anchor, feature)
+            text = self.say(feature, detail)
             if text and text not in said:
                 said.append(text)
         return said or ["popular right now"]
 
-    def say(self, row: int, anchor: int, feature: int) -> str | None:
+    def say(self, feature: int, detail: int) -> str | None:
         rec = self.rec
         if feature == 0:
-            if anchor < 0:
+            if detail < 0:
                 return None
-            return f"viewed together with {rec.catalog.title(anchor, rec.index.item_id(anchor))}"
-        if feature == 1:
-            category = rec.catalog.category_name(row)
+            return f"viewed together with {rec.catalog.title(detail, rec.index.item_id(detail))}"
+        if feature in (1, 4):
+            category = rec.catalog.category_names[detail] if detail >= 0 else None
+            if feature == 4:
+                return f"more from {category}" if category else None
             return f"matches your taste in {category}" if category else "matches your taste"
         if feature in (2, 6, 7):
             return "trending now"
         if feature in (3, 8):
-            return self.segment
-        if feature == 4:
-            category = rec.catalog.category_name(row)
-            return f"more from {category}" if category else None
+            country = self.countries[detail]
+            return (
+                f"trending in your country ({country})"
+                if country
+                else "popular at this time of day"
+            )
         if feature == 5:
             return "you showed interest in this before"
         return None
