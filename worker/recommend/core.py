@@ -1,8 +1,9 @@
 """The recommender core: (user states, events) -> (new user states, recommendations).
 
 No I/O happens here. ``tailor run`` feeds it micro-batches read from Kafka with states read
-from Redis; the demo feeds it the same way through the mock cluster and fakeredis; the
-evaluation harness feeds it a log. One code path, so what is measured is what runs.
+from Redis; the demo feeds it the same way through the mock cluster and fakeredis;
+``tailor bench core`` feeds it a synthetic stream directly (and an evaluation harness will
+feed it a log). One code path, so what is measured is what runs.
 
 A micro-batch is handled in three steps:
 
