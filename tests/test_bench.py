@@ -6,6 +6,7 @@ BENCHMARKS.md); these tests check that what they report is well formed and consi
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import orjson
 import pytest
 from rich.console import Console
 
-from worker.bench import Clickstream, WorkerOptions, Workload, run_worker
+from worker import bench
+from worker.bench import BenchError, Clickstream, WorkerOptions, Workload, run_worker
 from worker.cli import main
 from worker.config import Settings
 from worker.contract import CatalogItem, Event
@@ -180,6 +182,11 @@ def test_bench_worker_measures_drain_and_latency(settings: Settings) -> None:
     assert drain["seconds"] > 0
     assert drain["batches"] > 0
     assert drain["lists_published"] > 0
+    assert drain["mean_batch"] > 0
+    assert drain["batch_ms_mean"] > 0
+    assert drain["redis_ms_mean"] > 0
+    assert result["catalog_load_s"] > 0
+    assert result["worker_start_s"] > result["catalog_load_s"]
     latency = result["latency"]
     assert latency["events"] == 300
     assert latency["covered"] == 300  # every paced event got a list
@@ -187,7 +194,9 @@ def test_bench_worker_measures_drain_and_latency(settings: Settings) -> None:
     assert latency["achieved_rate"] > 0
     ms = latency["ms"]
     assert 0 < ms["p50"] <= ms["p95"] <= ms["p99"] <= ms["max"]
+    assert latency["lists_published"] > 0
     assert result["machine"]["redis_server"]
+    assert result["worker_exit_code"] == 0  # stopped by SIGTERM, cleanly
 
 
 @pytest.mark.integration
@@ -212,3 +221,23 @@ def test_bench_worker_cleans_up_after_itself(settings: Settings) -> None:
     assert not [topic for topic in topics if suffix in topic]
     client = redis.Redis.from_url(settings.redis_url)
     assert list(client.scan_iter(match=f"bench-{suffix}:*")) == []
+
+
+@pytest.mark.integration
+def test_bench_worker_reports_a_worker_that_dies(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dying = "import sys; print('worker log line'); sys.stderr.write('it broke\\n'); sys.exit(3)"
+    monkeypatch.setattr(bench, "_WORKER_COMMAND", (sys.executable, "-c", dying))
+    options = WorkerOptions(
+        workload=Workload(items=100, categories=5, users=20, seed=2),
+        events=100,
+        latency_events=10,
+        partitions=1,
+        timeout_s=60.0,
+        progress=False,
+    )
+    with pytest.raises(BenchError, match="status 3") as caught:
+        run_worker(settings, options, Console(quiet=True))
+    assert "worker log line" in str(caught.value)
+    assert "it broke" in str(caught.value)

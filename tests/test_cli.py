@@ -27,18 +27,8 @@ TAILOR = [sys.executable, "-m", "worker"]
 
 def _environment(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
-    env.update(
-        TAILOR_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        TAILOR_REDIS_URL=settings.redis_url,
-        TAILOR_EVENTS_TOPIC=settings.events_topic,
-        TAILOR_CATALOG_TOPIC=settings.catalog_topic,
-        TAILOR_RECOMMENDATIONS_TOPIC=settings.recommendations_topic,
-        TAILOR_DLQ_TOPIC=settings.dlq_topic,
-        TAILOR_GROUP_ID=settings.group_id,
-        TAILOR_REDIS_KEY_PREFIX=settings.redis_key_prefix,
-        TAILOR_METRICS_HOST="127.0.0.1",
-        TAILOR_METRICS_PORT="0",
-    )
+    env.update(settings.as_environment())
+    env.update(TAILOR_METRICS_HOST="127.0.0.1", TAILOR_METRICS_PORT="0")
     env.update(extra)
     return env
 

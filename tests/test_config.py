@@ -287,3 +287,24 @@ def _names(settings: Settings) -> set[str]:
         settings.group_id,
         settings.redis_key_prefix,
     }
+
+
+def test_as_environment_gives_the_same_settings_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        top_k=7,
+        explore_share=0.125,
+        kafka_extra={"fetch.wait.max.ms": "10", "socket.keepalive.enable": "true"},
+        deny_categories=["adult", "weapons"],
+        redis_password=SecretStr("hunter2-redis"),
+        kafka_ssl_ca_location=Path("/etc/ssl/ca.pem"),
+        log_level="DEBUG",
+    ).in_namespace("a1b2c3d4e5")
+    environment = settings.as_environment()
+
+    assert environment["TAILOR_REDIS_PASSWORD"] == "hunter2-redis"
+    assert environment["TAILOR_KAFKA_EXTRA"].startswith("{")
+    assert "TAILOR_REDIS_USERNAME" not in environment  # unset stays unset
+    assert all(name.startswith("TAILOR_") for name in environment)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == settings

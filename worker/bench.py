@@ -8,9 +8,10 @@ time that moves forward.
 
 - :func:`run_core` feeds the recommender core alone (no Kafka, no Redis), batch by batch,
   keeping user states in a dict the way the worker keeps them in Redis.
-- :func:`run_worker` runs the real :class:`~worker.loop.Worker` on the Kafka and Redis of
-  the settings, on fresh topics and keys: how fast it drains a backlog, and the latency
-  from an event's send to the list that covers it, as a downstream reader sees it.
+- :func:`run_worker` runs the real worker (``tailor run``, a process of its own) on the
+  Kafka and Redis of the settings, on fresh topics and keys: how fast it drains a backlog,
+  read from its ``/metrics``, and the latency from an event's send to the list that covers
+  it, as a downstream reader sees it.
 
 Each returns a plain dict (what ``--json`` writes); :func:`print_report` shows it.
 """
@@ -19,10 +20,16 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import signal
 import subprocess
+import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
@@ -36,6 +43,7 @@ import numpy.typing as npt
 import orjson
 import redis
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -48,11 +56,11 @@ from rich.progress import (
 from rich.table import Table
 
 from worker import __version__
-from worker.config import Settings
+from worker.config import ENV_PREFIX, Settings
 from worker.contract import CatalogItem, Event
-from worker.loop import Worker, freeze_startup_objects
+from worker.loop import freeze_startup_objects
 from worker.recommend import Envelope, Recommender
-from worker.state.store import StoreUnavailable, connect_redis
+from worker.state.store import connect_redis
 from worker.state.user import UserState
 from worker.transport.kafka import client_config, create_topics, make_admin, make_producer
 
@@ -346,9 +354,18 @@ class WorkerOptions:
 
 
 def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> Json:
-    """The real worker on the settings' Kafka and Redis, on topics and keys of its own."""
+    """The real worker on the settings' Kafka and Redis, on topics and keys of its own.
+
+    The worker is ``tailor run`` in a process of its own, as operators run it, so it has a
+    GIL to itself; what it has done is read from its ``/metrics``.
+    """
     suffix = uuid.uuid4().hex[:10]
-    settings = settings.in_namespace(f"bench-{suffix}")
+    settings = settings.in_namespace(
+        f"bench-{suffix}",
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        log_level="DEBUG" if settings.log_level == "DEBUG" else "INFO",  # its start-up lines
+    )
     redis_client = connect_redis(settings)
     try:
         redis_version = str(redis_client.info("server").get("redis_version", "?"))
@@ -373,8 +390,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
     paced = stream.events(options.latency_events, start_s=start_s, id_prefix=prefix)
 
     producer = make_producer(settings)
-    worker: Worker | None = None
-    runner: _WorkerThread | None = None
+    worker: _WorkerProcess | None = None
     reader: _ListReader | None = None
     result: Json = {
         "bench": "worker",
@@ -403,33 +419,40 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             _flush(producer, options.timeout_s)
             progress.update(task, completed=options.workload.items)
 
-            try:
-                worker = Worker(settings, redis_client=redis_client)
-            except StoreUnavailable as error:
-                raise BenchError(str(error)) from error
-            started = time.perf_counter()
-            worker.start(catalog_timeout_s=options.timeout_s)
-            result["catalog_load_s"] = time.perf_counter() - started
-            result["catalog_items"] = worker.recommender.catalog.size
-            runner = _WorkerThread(worker)
-            active = worker
+            task = progress.add_task("worker starting", total=None)
+            worker = _WorkerProcess(settings)
+            consuming, _ = worker.wait_for_log("consuming", options.timeout_s)
+            serving, _ = worker.wait_for_log("metrics", 0)
+            # From the metrics server's line, logged just before the Worker is built, to
+            # "consuming": the catalog load, as Worker.start does it, and the Worker's set-up.
+            result["catalog_load_s"] = consuming - serving
+            result["worker_start_s"] = consuming - worker.spawned
+            result["catalog_items"] = int(worker.scrape().get(("tailor_catalog_items", ()), 0))
+            progress.update(task, total=1, completed=1)
+            if result["catalog_items"] < options.workload.items:  # `tailor run` waits only so long
+                console.print(
+                    f"warning: the worker started with {result['catalog_items']:,} of "
+                    f"{options.workload.items:,} catalog items",
+                    style="yellow",
+                    highlight=False,
+                )
 
             # Warm-up: the group is joined and the models have seen traffic before timing.
             task = progress.add_task("warm-up consumed", total=warmup)
             for key, value in messages[:warmup]:
                 _send(producer, settings.events_topic, key, value)
             _flush(producer, options.timeout_s)
-            runner.wait(
-                lambda: active.stats.consumed >= warmup,
+            worker.wait_consumed(
+                warmup,
                 options.timeout_s,
-                "the warm-up events to be consumed",
-                lambda: progress.update(task, completed=active.stats.consumed),
+                "the warm-up events",
+                lambda consumed: progress.update(task, completed=consumed),
             )
 
             # Drain: produce the backlog as fast as possible; the clock stops when the
             # worker has consumed (and handled) the last event.
             task = progress.add_task("drain consumed", total=options.events)
-            before = _Snapshot.of(worker)
+            before = worker.settled()
             started = time.perf_counter()
             for count, (key, value) in enumerate(messages[warmup:], 1):
                 _send(producer, settings.events_topic, key, value)
@@ -437,15 +460,14 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
                     producer.poll(0)
             produced_s = time.perf_counter() - started
             _flush(producer, options.timeout_s)
-            runner.wait(
-                lambda: active.stats.consumed >= backlog,
+            worker.wait_consumed(
+                backlog,
                 options.timeout_s,
-                "the drain events to be consumed",
-                lambda: progress.update(task, completed=active.stats.consumed - warmup),
+                "the drain events",
+                lambda consumed: progress.update(task, completed=consumed - warmup),
             )
             drained_s = time.perf_counter() - started
-            after = _Snapshot.of(worker)
-            runner.wait(lambda: len(active.producer) == 0, 60, "the lists to be acknowledged")
+            after = worker.settled()  # every list of the drain acknowledged
             result["drain"] = {
                 "events": options.events,
                 "seconds": drained_s,
@@ -458,7 +480,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             # first list covering each event arrives.
             reader = _ListReader(settings)
             task = progress.add_task("latency events sent", total=len(paced))
-            before = _Snapshot.of(worker)
+            before = after
             sent = _paced_send(
                 producer, settings.events_topic, paced, options.rate, reader, task, progress
             )
@@ -466,9 +488,9 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             wanted = {str(body["event_id"]) for body in paced}
             deadline = time.monotonic() + min(options.timeout_s, 120.0)
             while not wanted <= reader.latency.keys() and time.monotonic() < deadline:
-                runner.check()
+                worker.check()
                 reader.read(0.05)
-            after = _Snapshot.of(worker)
+            after = worker.settled()
             latencies_ms = [1000 * reader.latency[e] for e in wanted if e in reader.latency]
             result["latency"] = {
                 "events": len(paced),
@@ -482,10 +504,8 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             }
     finally:
         try:
-            if runner is not None:
-                runner.stop()
-            elif worker is not None:
-                worker.close()
+            if worker is not None:
+                worker.stop()
         finally:
             if reader is not None:
                 reader.close()
@@ -493,6 +513,13 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             if not options.keep:
                 _clean_up(settings, redis_client)
             redis_client.close()
+    assert worker is not None
+    result["worker_exit_code"] = worker.exit_code
+    if worker.exit_code != 0:
+        raise BenchError(
+            f"the worker exited with status {worker.exit_code} when stopped; "
+            f"its log ends with:\n{worker.log_tail()}"
+        )
     result["machine"] = machine_info() | {
         "redis_server": redis_version,
         "librdkafka": confluent_kafka.libversion()[0],
@@ -501,72 +528,203 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
     return result
 
 
+#: How the benchmark starts the worker: ``tailor run``, as operators run it.
+_WORKER_COMMAND = (sys.executable, "-m", "worker", "run")
+_POLL_S = 0.02  # how often the worker's /metrics is read while waiting for a count
+_STOP_S = 60.0  # how long the worker has to stop after SIGTERM before it is killed
+_LOG_LINES = 40  # lines of the worker's log kept for error messages
+#: Log lines of ``tailor run`` that mark its start-up (worker/cli.py, worker/loop.py).
+_LOG_MARKS = {
+    "metrics": re.compile(r"metrics on http://\S+:(\d+)/metrics"),
+    "consuming": re.compile(r"consuming \S+ as group "),
+}
+_Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
-    batches: int
-    consumed: int
-    published: int
+    """The worker's running totals, as its ``/metrics`` shows them."""
+
+    consumed: float
+    batches: float
+    batch_events: float
+    batch_seconds: float
+    redis_trips: float
+    redis_seconds: float
+    published: float
 
     @classmethod
-    def of(cls, worker: Worker) -> _Snapshot:
-        stats = worker.stats
-        return cls(stats.batches, stats.consumed, stats.published)
+    def of(cls, samples: _Samples, topic: str) -> _Snapshot:
+        def value(name: str, *labels: tuple[str, str]) -> float:
+            return samples.get((name, labels), 0.0)
+
+        return cls(
+            consumed=value("tailor_events_consumed_total", ("topic", topic)),
+            batches=value("tailor_batch_size_count"),
+            batch_events=value("tailor_batch_size_sum"),
+            batch_seconds=value("tailor_batch_processing_seconds_sum"),
+            redis_trips=value("tailor_redis_roundtrip_seconds_count"),
+            redis_seconds=value("tailor_redis_roundtrip_seconds_sum"),
+            published=value("tailor_recommendations_published_total"),
+        )
 
     def minus(self, before: _Snapshot) -> Json:
         batches = self.batches - before.batches
-        consumed = self.consumed - before.consumed
+        trips = self.redis_trips - before.redis_trips
         return {
-            "batches": batches,
-            "mean_batch": consumed / batches if batches else 0.0,
-            "lists_published": self.published - before.published,
+            "batches": int(batches),
+            "mean_batch": (self.batch_events - before.batch_events) / batches if batches else 0.0,
+            "batch_ms_mean": (
+                1000 * (self.batch_seconds - before.batch_seconds) / batches if batches else 0.0
+            ),
+            "redis_ms_mean": 1000 * (self.redis_seconds - before.redis_seconds) / trips
+            if trips
+            else 0.0,
+            "lists_published": int(self.published - before.published),
         }
 
 
-class _WorkerThread:
-    """The worker turning in a thread, as ``tailor run`` turns it; errors are kept."""
+class _WorkerProcess:
+    """``tailor run`` in a process of its own, watched through its log and its ``/metrics``.
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.stopping = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="tailor-bench-worker", daemon=True)
-        self.thread.start()
+    The environment is the settings' (:meth:`Settings.as_environment`) and nothing else of
+    Tailor's; a thread reads the log (stderr and stdout) so the pipe never fills, notes when
+    the start-up lines arrive and keeps the last lines for error messages.
+    """
 
-    def _run(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.events_topic
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        environment.update(settings.as_environment())
+        self.spawned = time.monotonic()
         try:
-            self.worker.run(self.stopping)
-        except BaseException as error:  # reported by check() on the main thread
-            self.error = error
+            self.process = subprocess.Popen(
+                _WORKER_COMMAND,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+            )
+        except OSError as error:
+            command = " ".join(_WORKER_COMMAND)
+            raise BenchError(f"cannot start the worker ({command}): {error}") from error
+        self.exit_code: int | None = None
+        self._tail: deque[str] = deque(maxlen=_LOG_LINES)
+        self._marks: dict[str, tuple[float, re.Match[str]]] = {}
+        self._lock = threading.Lock()
+        self._log_reader = threading.Thread(
+            target=self._read_log, name="tailor-bench-worker-log", daemon=True
+        )
+        self._log_reader.start()
+
+    def _read_log(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            arrived = time.monotonic()
+            with self._lock:
+                self._tail.append(line.rstrip("\n"))
+                for mark, pattern in _LOG_MARKS.items():
+                    if mark not in self._marks and (found := pattern.search(line)):
+                        self._marks[mark] = (arrived, found)
+
+    def log_tail(self) -> str:
+        self._log_reader.join(1)  # the last lines of a process that has exited
+        with self._lock:
+            return "\n".join(self._tail) or "(nothing)"
 
     def check(self) -> None:
-        if self.error is not None:
-            raise BenchError(f"the worker stopped: {self.error}") from self.error
-        if not self.thread.is_alive() and not self.stopping.is_set():
-            raise BenchError("the worker stopped unexpectedly")
+        """Raise :class:`BenchError` with the end of the log if the worker has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise BenchError(
+                f"the worker exited with status {code}; its log ends with:\n{self.log_tail()}"
+            )
 
-    def wait(
-        self,
-        condition: Callable[[], bool],
-        timeout_s: float,
-        what: str,
-        tick: Callable[[], object] | None = None,
-    ) -> None:
+    def wait_for_log(self, mark: str, timeout_s: float) -> tuple[float, re.Match[str]]:
+        """When (``time.monotonic``) the start-up line ``mark`` arrived, and its match."""
         deadline = time.monotonic() + timeout_s
-        while not condition():
+        while True:
+            with self._lock:
+                found = self._marks.get(mark)
+            if found is not None:
+                return found
             self.check()
             if time.monotonic() > deadline:
-                raise BenchError(f"gave up after {timeout_s:.0f} s waiting for {what}")
-            if tick is not None:
-                tick()
-            time.sleep(0.005)
-        if tick is not None:
-            tick()
+                raise BenchError(
+                    f"gave up after {timeout_s:.0f} s waiting for the worker to log "
+                    f"{_LOG_MARKS[mark].pattern!r}; its log ends with:\n{self.log_tail()}"
+                )
+            time.sleep(_POLL_S)
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(60)
-        if self.thread.is_alive():
-            raise BenchError("the worker did not stop within 60 s")
+    def scrape(self, *names: str) -> _Samples:
+        """The worker's ``/metrics`` (only the samples ``names``, when given)."""
+        _, found = self.wait_for_log("metrics", 60)
+        url = f"http://127.0.0.1:{found.group(1)}/metrics"
+        query = "?" + urllib.parse.urlencode([("name[]", n) for n in names]) if names else ""
+        try:
+            with urllib.request.urlopen(url + query, timeout=10) as response:
+                text = response.read().decode()
+        except OSError as error:
+            self.check()
+            raise BenchError(f"cannot read the worker's metrics at {url}: {error}") from error
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def snapshot(self) -> _Snapshot:
+        return _Snapshot.of(self.scrape(), self.topic)
+
+    def wait_consumed(
+        self, count: int, timeout_s: float, what: str, tick: Callable[[int], object]
+    ) -> None:
+        """Read ``/metrics`` every ``_POLL_S`` until the worker has consumed ``count``."""
+        key = ("tailor_events_consumed_total", (("topic", self.topic),))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            consumed = int(self.scrape(key[0]).get(key, 0))
+            tick(consumed)
+            if consumed >= count:
+                return
+            self.check()
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"gave up after {timeout_s:.0f} s waiting for {what} to be consumed "
+                    f"({consumed:,} of {count:,})"
+                )
+            time.sleep(_POLL_S)
+
+    def settled(self, quiet_s: float = 0.25, timeout_s: float = 60.0) -> _Snapshot:
+        """The totals once they have stopped moving (the last lists acknowledged)."""
+        last, since = self.snapshot(), time.monotonic()
+        deadline = since + timeout_s
+        while time.monotonic() - since < quiet_s:
+            if time.monotonic() > deadline:
+                raise BenchError(f"the worker's totals still moved after {timeout_s:.0f} s")
+            time.sleep(0.05)
+            now = self.snapshot()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
+    def stop(self) -> int:
+        """SIGTERM, as operators stop it, killed after ``_STOP_S``; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(_STOP_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+            with self._lock:
+                self._tail.append(f"(killed: still running {_STOP_S:.0f} s after SIGTERM)")
+        self._log_reader.join(5)
+        self.exit_code = code
+        return code
 
 
 class _ListReader:
@@ -854,10 +1012,13 @@ def _rows(result: Json) -> list[tuple[str, str]]:
     return [
         ("items in catalog", f"{result['catalog_items']:,}"),
         ("catalog load s (worker start)", f"{result['catalog_load_s']:.1f}"),
+        ("worker process start s (spawn to consuming)", f"{result['worker_start_s']:.1f}"),
         ("drain: events", f"{drain['events']:,}"),
         ("drain: seconds", f"{drain['seconds']:.2f}"),
         ("drain: events/s", f"{drain['events_per_s']:,.0f}"),
         ("drain: mean events per batch", f"{drain['mean_batch']:.0f}"),
+        ("drain: mean batch processing ms", f"{drain['batch_ms_mean']:.1f}"),
+        ("drain: mean Redis round trip ms", f"{drain['redis_ms_mean']:.2f}"),
         ("drain: lists published", f"{drain['lists_published']:,}"),
         ("latency: events", f"{latency['events']:,}"),
         (
@@ -867,8 +1028,11 @@ def _rows(result: Json) -> list[tuple[str, str]]:
         ("latency: events with a list", f"{latency['covered']:,}"),
         ("latency: missing", f"{latency['missing']:,}"),
         ("latency: mean events per batch", f"{latency['mean_batch']:.1f}"),
+        ("latency: mean batch processing ms", f"{latency['batch_ms_mean']:.1f}"),
+        ("latency: mean Redis round trip ms", f"{latency['redis_ms_mean']:.2f}"),
         ("event -> list p50 ms", f"{ms['p50']:.1f}"),
         ("event -> list p95 ms", f"{ms['p95']:.1f}"),
         ("event -> list p99 ms", f"{ms['p99']:.1f}"),
         ("event -> list max ms", f"{ms['max']:.1f}"),
+        ("worker exit status (after SIGTERM)", str(result["worker_exit_code"])),
     ]

@@ -194,9 +194,10 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "worker",
         parents=[shared],
         help="the real worker on the settings' Kafka and Redis: drain rate and latency",
-        description="Create fresh topics (unique names), produce the catalog, start a worker "
-        "in this process, then (1) drain: produce --events as fast as possible and time "
-        "until the worker has consumed them (a --warmup share of --events goes first, "
+        description="Create fresh topics (unique names), produce the catalog, start the "
+        "worker as its own process (`python -m worker run` with the settings as TAILOR_* "
+        "variables), then (1) drain: produce --events as fast as possible and time until "
+        "the worker's /metrics shows them consumed (a --warmup share of --events goes first, "
         "untimed); (2) latency: send --latency-events at --rate per second and measure, "
         "as a downstream reader of the recommendations topic sees it, the time from each "
         "event's send to the first list that covers it. Topics, consumer group and Redis "

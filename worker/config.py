@@ -7,6 +7,7 @@ line that names the setting (see :class:`ConfigError`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,6 +190,25 @@ class Settings(BaseSettings):
             redis_key_prefix=f"{head}-{suffix}"[-32:],
             **changes,
         )
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the ``TAILOR_*`` variables that give them back to a new process.
+
+        Unset (None) settings are left out, lists and dicts are JSON, secrets are revealed:
+        the result is meant for a child process's environment, never for a log.
+        """
+        environment: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, dict | list):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            environment[f"{ENV_PREFIX}{name.upper()}"] = text
+        return environment
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A validated copy; the demo and tests use it to point at their own servers."""
