@@ -98,8 +98,9 @@ def test_covisitation_keeps_the_heavy_pair_under_a_flood_of_one_offs() -> None:
         covis.observe(np.zeros(3, dtype=I64), targets, np.ones(3), np.full(3, float(step)))
     found = _neighbours(covis, 0)
     assert len(found) == m
-    assert 1 in found
-    assert found[1] == max(found.values())
+    heavy = 1
+    assert heavy in found
+    assert found[heavy] == max(found.values())
     assert found[1] >= 200 * 0.99  # never evicted: it kept every unit of its own weight
 
 

@@ -120,7 +120,12 @@ class Settings(BaseSettings):
         ge=0,
         description="users whose last candidates are kept for ranker training (~4.4 KB each)",
     )
-    max_items: int = Field(2_000_000, ge=10, description="bound on items the models track")
+    max_items: int = Field(
+        1_000_000,
+        ge=10,
+        le=100_000_000,
+        description="bound on items the models track (~0.7 KB each)",
+    )
     seed: int = Field(7, description="random seed: same seed, same lists")
 
     # Operations

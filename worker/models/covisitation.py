@@ -24,7 +24,8 @@ class CoVisitation:
     def __init__(self, neighbours: int, half_life_s: float) -> None:
         self.m = neighbours
         self.clock = DecayClock(half_life_s)
-        self.neighbour: npt.NDArray[np.int64] = np.full((0, neighbours), -1, dtype=np.int64)
+        # int32 rows (ItemIndex stays far below 2**31): 8 bytes per slot with the weight
+        self.neighbour: npt.NDArray[np.int32] = np.full((0, neighbours), -1, dtype=np.int32)
         self.weight: npt.NDArray[np.float32] = np.zeros((0, neighbours), dtype=np.float32)
 
     def observe(
