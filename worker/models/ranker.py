@@ -50,9 +50,9 @@ class Ranker:
         """River's current weights in :data:`FEATURES` order (as of the last sync)."""
         return self._weights
 
-    def score(self, features: FloatArray) -> FloatArray:
+    def score(self, features: npt.NDArray[np.floating]) -> FloatArray:
         """``[..., len(FEATURES)]`` -> ``[...]`` scores (one matrix product)."""
-        scores: FloatArray = features @ self._weights
+        scores: FloatArray = (features @ self._weights).astype(np.float64, copy=False)
         return scores
 
     def learn(

@@ -307,7 +307,7 @@ class Recommender:
             contexts = [UserContext.of(user.fresh[0].event) for user in missing]
             batch = gather_candidates(self, [user.state for user in missing], contexts)
             for slot, user in enumerate(missing):
-                self._remember_shown(user.state.user_id, batch.user(slot, None, None))
+                self._remember_shown(user.state.user_id, batch.user(slot))
         for user, chosen in lessons:
             shown = self._shown.pop(user.state.user_id, None)
             if shown is None or shown.rows.size == 0:
@@ -329,8 +329,9 @@ class Recommender:
             return []
         batch = gather_candidates(self, states, contexts)
         scores = self.ranker.score(batch.features)
-        for slot, state in enumerate(states):
-            self._remember_shown(state.user_id, batch.user(slot, scores, _REMEMBERED_CANDIDATES))
+        remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
+        for state, candidates in zip(states, remembered, strict=True):
+            self._remember_shown(state.user_id, candidates)
         return finish_lists(self, states, contexts, batch, scores)
 
     def category_top(self, category: int, n: int) -> IntArray:
