@@ -470,3 +470,15 @@ def test_published_json_is_a_valid_recommendation() -> None:
     assert len(result.published) == 2  # one list per user, not per event
     other = Recommendation.model_validate_json(_list_of(result, "someone-else").to_json())
     assert other.covered_event_ids == [batch[1].event.event_id]
+
+
+def test_reason_keys_pack_and_unpack_losslessly() -> None:
+    from worker.recommend.lists import _pack, _unpack
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-1, 9, size=(500, 2))
+    details = rng.integers(-1, 100_000_000, size=(500, 2))
+    details[:5] = -1
+    packed = _pack(codes, details)
+    for n, key in enumerate(packed.tolist()):
+        assert _unpack(key) == [codes[n, 0], details[n, 0], codes[n, 1], details[n, 1]]

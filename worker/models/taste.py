@@ -23,6 +23,7 @@ FloatArray = npt.NDArray[np.float64]
 
 _INIT_SCALE = 0.1
 _BLOCK = 1024
+_USER_STARTS = 8192
 
 
 class TasteModel:
@@ -33,6 +34,7 @@ class TasteModel:
         self.seed = seed
         self.vectors: F32 = np.zeros((0, dim), dtype=np.float32)
         self._ready = 0
+        self._user_starts: F32 | None = None
         self._last_block: tuple[int, npt.NDArray[np.float64]] | None = None
 
     def ensure(self, rows: int) -> None:
@@ -69,11 +71,20 @@ class TasteModel:
         self.vectors[row] = 0.5 * self.vectors[row] + _INIT_SCALE * vector
 
     def new_user(self, user_id: str) -> F32:
-        rng = np.random.default_rng([self.seed, zlib.crc32(user_id.encode("utf-8"))])
-        vector: F32 = (_INIT_SCALE * rng.standard_normal(self.dim) / np.sqrt(self.dim)).astype(
-            np.float32
-        )
-        return vector
+        """A small random start picked by the user id from a fixed table.
+
+        Seeding a generator per user costs ~17 us; a table lookup costs nothing, and two
+        users sharing a start vector only share where they begin.
+        """
+        starts = self._user_starts
+        if starts is None:
+            rng = np.random.default_rng([self.seed, -1 % 2**32])
+            drawn = rng.standard_normal((_USER_STARTS, self.dim))
+            starts = self._user_starts = (drawn * (_INIT_SCALE / np.sqrt(self.dim))).astype(
+                np.float32
+            )
+        start: F32 = starts[zlib.crc32(user_id.encode("utf-8")) % _USER_STARTS].copy()
+        return start
 
     def learn(
         self,

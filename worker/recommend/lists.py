@@ -131,11 +131,27 @@ def _reasons(
             [anchors, categories, user_country[users]],
             0,
         )
-    keys = np.stack([codes[:, 0], details[:, 0], codes[:, 1], details[:, 1]], axis=1)
-    combos, which = np.unique(keys, axis=0, return_inverse=True)
+    distinct, which = np.unique(_pack(codes, details), return_inverse=True)
     texts = _ReasonTexts(rec, countries)
-    said = [texts.reasons(combo) for combo in combos.tolist()]
-    return [said[n] for n in which.ravel().tolist()]
+    said = [texts.reasons(_unpack(key)) for key in distinct.tolist()]
+    return [said[n] for n in which.tolist()]
+
+
+def _pack(codes: IntArray, details: IntArray) -> IntArray:
+    """One int64 per (feature, detail, feature, detail).
+
+    4 bits per feature code (-1..8) and 27 bits per detail (item rows, category or
+    country ids: ``max_items`` is at most 100M < 2**27).
+    """
+    keys = (codes[:, 0] + 1) << 58 | (details[:, 0] + 1) << 31 | (codes[:, 1] + 1) << 27
+    packed: IntArray = keys | (details[:, 1] + 1)
+    return packed
+
+
+def _unpack(key: int) -> list[int]:
+    """Inverse of the key packing in :func:`_reasons`: (feature, detail, feature, detail)."""
+    mask = (1 << 27) - 1
+    return [(key >> 58) - 1, ((key >> 31) & mask) - 1, ((key >> 27) & 0xF) - 1, (key & mask) - 1]
 
 
 def _capped(
