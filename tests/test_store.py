@@ -97,3 +97,12 @@ def test_an_unreachable_redis_raises_store_unavailable() -> None:
     assert not store.ping()
     with pytest.raises(StoreUnavailable, match="Redis unreachable"):
         store.read(["anyone"])
+
+
+def test_writes_survive_a_flushed_script_cache(store: UserStore) -> None:
+    assert store.write([UserWrite(_state("s", 1))]).written == 1
+    store.client.script_flush()  # as after a Redis restart
+    assert store.write([UserWrite(_state("s", 2, events=2))]).written == 1
+    state = store.read(["s"])["s"]
+    assert state is not None
+    assert state.events == 2

@@ -93,7 +93,7 @@ class UserStore:
         self.chunk = settings.redis_chunk_size
         self.dim = settings.vector_dim
         self.observe_round_trip = observe_round_trip
-        self._write = client.register_script(_GUARDED_WRITE)
+        self._write_sha = client.register_script(_GUARDED_WRITE).sha
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}:{{u:{user_id}}}"
@@ -121,20 +121,31 @@ class UserStore:
         """Apply every user's new state, each atomically and guarded by its offsets."""
         results: list[Any] = []
         for chunk in _chunks(writes, self.chunk):
-            pipe = self.client.pipeline(transaction=False)
-            for write in chunk:
-                state = write.state
-                offsets = [
-                    value
-                    for partition, offset in sorted(state.offsets.items())
-                    for value in (f"{OFFSET_FIELD_PREFIX}{partition}", offset)
-                ]
-                fields = [value for pair in encode_user(state).items() for value in pair]
-                args = [self.ttl_s, int(write.erase_first), len(state.offsets), *offsets, *fields]
-                self._write(keys=[self.key(state.user_id)], args=args, client=pipe)
-            results += self._execute(pipe)
+            try:
+                results += self._execute(self._write_pipeline(chunk))
+            except redis.exceptions.NoScriptError:
+                # Redis lost its script cache (restart, SCRIPT FLUSH): no write of this
+                # chunk ran, so load the script and send the chunk again.
+                self.client.script_load(_GUARDED_WRITE)
+                results += self._execute(self._write_pipeline(chunk))
         written = sum(1 for result in results if result == 1)
         return WriteOutcome(written=written, stale=len(results) - written)
+
+    def _write_pipeline(self, writes: Sequence[UserWrite]) -> Any:
+        """EVALSHA per user: redis-py's Script objects would check SCRIPT EXISTS first,
+        an extra round trip per batch."""
+        pipe = self.client.pipeline(transaction=False)
+        for write in writes:
+            state = write.state
+            offsets = [
+                value
+                for partition, offset in sorted(state.offsets.items())
+                for value in (f"{OFFSET_FIELD_PREFIX}{partition}", offset)
+            ]
+            fields = [value for pair in encode_user(state).items() for value in pair]
+            args = [self.ttl_s, int(write.erase_first), len(state.offsets), *offsets, *fields]
+            pipe.evalsha(self._write_sha, 1, self.key(state.user_id), *args)
+        return pipe
 
     def erase(self, user_ids: Iterable[str]) -> int:
         """Delete every key of these users (a privacy request); returns keys removed."""
