@@ -70,11 +70,6 @@ class Catalog:
     def title(self, row: int, fallback: str) -> str:
         return self.titles.get(row, fallback)
 
-    def category_name(self, row: int) -> str | None:
-        if row >= self.category.size or self.category[row] == _NO_CATEGORY:
-            return None
-        return self.category_names[int(self.category[row])]
-
     def categories_of(self, rows: IntArray) -> IntArray:
         safe = np.clip(rows, 0, max(self.category.size - 1, 0))
         if self.category.size == 0:

@@ -46,9 +46,6 @@ class ItemIndex:
         """Row of an indexed item, -1 when unknown (never adds)."""
         return self._rows.get(item_id, -1)
 
-    def rows(self, item_ids: Iterable[str]) -> IntArray:
-        return np.fromiter((self.row(item) for item in item_ids), dtype=np.int64)
-
     def known_rows(self, item_ids: Iterable[str]) -> IntArray:
         """Rows of items already indexed (unknown ones are skipped, never added)."""
         get = self._rows.get
@@ -62,7 +59,3 @@ class ItemIndex:
 
     def item_id(self, row: int) -> str:
         return self._ids[row]
-
-    def item_ids(self, rows: Iterable[int]) -> list[str]:
-        ids = self._ids
-        return [ids[row] for row in rows]

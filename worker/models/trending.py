@@ -42,7 +42,6 @@ class Trending:
         self.refresh_every = refresh_every
         self.segment_half_life_events = segment_half_life_events
         self.scores: FloatArray = np.zeros(0, dtype=np.float64)
-        self.all_time: FloatArray = np.zeros(0, dtype=np.float64)
         self.segments: dict[str, sketch.HeavyHitters] = {}
         self._top: IntArray = np.zeros(0, dtype=np.int64)
         self._segment_top: dict[str, tuple[IntArray, FloatArray]] = {}
@@ -62,11 +61,9 @@ class Trending:
             return
         self._advance(float(times.max()))
         self.scores = grow_rows(self.scores, int(rows.max()) + 1)
-        self.all_time = grow_rows(self.all_time, int(rows.max()) + 1)
         scaled = weights * self.clock.weights(times)
         valid = rows >= 0
         np.add.at(self.scores, rows[valid], scaled[valid])
-        np.add.at(self.all_time, rows[valid], np.abs(weights[valid]))
         repeats = np.maximum(np.rint(weights), 1).astype(np.int64).tolist()
         for row, times_counted, keys in zip(rows.tolist(), repeats, segments, strict=True):
             if row < 0:
