@@ -14,7 +14,7 @@ offset by ``user * stride``, so the flattened matrix is globally sorted and a si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -132,8 +132,11 @@ def gather_candidates(
     trending = np.broadcast_to(
         pool[: settings.trending_pool], (users, min(pool.size, settings.trending_pool))
     )
-    segment_keys = sorted({key for context in contexts for key in context.segments})
-    segment_rows = _segment_candidates(rec, contexts, segment_keys)
+    members: dict[str, list[int]] = {}  # segment -> the users of this batch in it
+    for slot, context in enumerate(contexts):
+        for key in context.segments:
+            members.setdefault(key, []).append(slot)
+    segment_rows = _segment_candidates(rec, contexts, members)
     taste = _taste_search(rec, vectors, pool[: settings.taste_pool])
     anchor_categories = _anchor_categories(rec, anchors)
     category = _category_candidates(rec, anchor_categories)
@@ -159,10 +162,6 @@ def gather_candidates(
     popularity = rec.trending.normalised(safe_rows.ravel()).reshape(rows.shape)
     features[..., 2] = popularity
     segment = np.zeros(rows.shape)
-    members: dict[str, list[int]] = {}
-    for slot, context in enumerate(contexts):
-        for key in context.segments:
-            members.setdefault(key, []).append(slot)
     for key, slots in members.items():
         scores = rec.trending.segment_normalised(key, safe_rows[slots].ravel())
         segment[slots] = np.maximum(segment[slots], scores.reshape(len(slots), -1))
@@ -227,7 +226,7 @@ def _recent_and_anchors(rec: Recommender, states: Sequence[UserState]) -> tuple[
 
 
 def _segment_candidates(
-    rec: Recommender, contexts: Sequence[UserContext], keys: list[str]
+    rec: Recommender, contexts: Sequence[UserContext], keys: Iterable[str]
 ) -> IntArray:
     """Each user's two most telling segment trending lists side by side."""
     width = rec.settings.trending_pool
