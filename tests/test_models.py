@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from worker.contract import CatalogItem
+from worker.models.content import ContentNeighbours, content_tokens
 from worker.models.covisitation import CoVisitation
 from worker.models.decay import DecayClock
 from worker.models.index import ItemIndex
@@ -355,3 +357,55 @@ def test_segment_counts_fade_so_new_interest_overtakes_old() -> None:
     new = np.ones(600, dtype=I64)  # ... then item 1 took over, with fewer events in all
     trending.observe(new, np.ones(new.size), np.zeros(new.size), [("hour:9",)] * new.size)
     assert trending.segment_top("hour:9")[0].tolist()[:2] == [1, 0]
+
+
+def _content_item(item_id: str, title: str) -> CatalogItem:
+    return CatalogItem(item_id=item_id, title=title)
+
+
+def _content_model(titles: list[str], m: int = 3) -> ContentNeighbours:
+    model = ContentNeighbours(m)
+    for row, title in enumerate(titles):
+        model.upsert(row, content_tokens(_content_item(f"i{row}", title)))
+    return model
+
+
+RETAIL_TITLES = [
+    "WHITE HANGING HEART T-LIGHT HOLDER",
+    "RED HANGING HEART T-LIGHT HOLDER",
+    "JAM MAKING SET PRINTED",
+    "JAM MAKING SET WITH JARS",
+    "WHITE METAL LANTERN",
+    "SET OF 3 CAKE TINS PANTRY DESIGN",
+]
+
+
+def test_content_neighbours_are_items_whose_text_reads_alike() -> None:
+    model = _content_model(RETAIL_TITLES)
+    neighbours, similarity = model.neighbours_of(np.array([0, 2, -1]))
+    assert neighbours[0, np.argmax(similarity[0])] == 1  # the red heart holder
+    assert neighbours[1, np.argmax(similarity[1])] == 3  # the other jam set
+    assert (neighbours[2] == -1).all()
+    assert 0 not in neighbours[0]  # never its own neighbour
+    assert similarity.max() <= 1.0 + 1e-9
+
+
+def test_content_neighbours_are_bounded_and_cached() -> None:
+    colours = ("blue", "green", "red", "black")
+    titles = [f"{colours[n % 4]} cotton shirt {colours[n // 10]} collar" for n in range(40)]
+    model = _content_model(titles, m=3)
+    neighbours, _ = model.neighbours_of(np.arange(40))
+    assert neighbours.shape == (40, 3)
+    assert (neighbours >= 0).all()
+    assert model.neighbour.shape[1] == 3
+
+
+def test_a_new_item_gets_content_neighbours_once_the_catalog_is_rebuilt() -> None:
+    model = _content_model(RETAIL_TITLES)
+    row = len(RETAIL_TITLES)
+    assert (model.neighbours_of(np.array([row]))[0] == -1).all()  # not in the catalog yet
+    for extra in range(row, row + 200):  # enough upserts to trigger a rebuild
+        model.upsert(extra, content_tokens(_content_item(f"i{extra}", "PINK HANGING HEART")))
+    neighbours, similarity = model.neighbours_of(np.array([row]))
+    assert (neighbours[0] >= 0).all()
+    assert (similarity[0] > 0).all()

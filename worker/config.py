@@ -20,9 +20,24 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "RECOMMENDER_PARTS", "ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX = "TAILOR_"
+
+#: Parts of the recommender that can be switched off, one at a time, to see what each adds.
+RecommenderPart = Literal[
+    "covis", "taste", "trending", "segment", "content", "repeat", "ranker", "explore"
+]
+RECOMMENDER_PARTS: tuple[RecommenderPart, ...] = (
+    "covis",
+    "taste",
+    "trending",
+    "segment",
+    "content",
+    "repeat",
+    "ranker",
+    "explore",
+)
 
 
 class ConfigError(ValueError):
@@ -95,6 +110,9 @@ class Settings(BaseSettings):
     top_k: int = Field(20, ge=1, le=500, description="items per published list")
     recent_window: int = Field(30, ge=1, le=1000, description="recent items kept per user")
     covis_neighbours: int = Field(64, ge=2, le=1000, description="top-M co-visitation per item")
+    content_neighbours: int = Field(
+        10, ge=1, le=1000, description="top-M catalog-text neighbours kept per item"
+    )
     covis_recent: int = Field(5, ge=1, le=100, description="recent items that pull neighbours")
     vector_dim: int = Field(32, ge=2, le=512, description="taste vector dimensions")
     learning_rate: float = Field(0.05, gt=0, le=1, description="taste vector step size")
@@ -126,12 +144,19 @@ class Settings(BaseSettings):
         le=100_000_000,
         description="bound on items the models track (~0.7 KB each)",
     )
+    parts_off: list[RecommenderPart] = Field(
+        default_factory=list,
+        description="recommender parts switched off (JSON list; for ablation, see evaluate)",
+    )
     seed: int = Field(7, description="random seed: same seed, same lists")
 
     # Operations
     metrics_host: str = Field("0.0.0.0", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    def part_on(self, part: RecommenderPart) -> bool:
+        return part not in self.parts_off
 
     @field_validator("redis_url")
     @classmethod

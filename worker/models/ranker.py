@@ -29,9 +29,10 @@ FEATURES: tuple[str, ...] = (
     "evening",  # context: popularity x evening hours
     "weekend",  # context: popularity x weekend
     "mobile",  # context: segment popularity x mobile device
+    "similar",  # catalog text reads like one of the user's recent items (content-based)
 )
 
-_PRIOR = np.array([1.0, 0.5, 0.25, 0.25, 0.3, 0.6, 0.0, 0.0, 0.0])
+_PRIOR = np.array([1.0, 0.5, 0.25, 0.25, 0.3, 0.6, 0.0, 0.0, 0.0, 0.5])
 
 
 class Ranker:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import numpy.typing as npt
 
+from worker.config import RecommenderPart
 from worker.contract import Event
 from worker.models.ranker import FEATURES
 from worker.state.user import UserState
@@ -41,6 +42,15 @@ _CATEGORIES_PER_USER = 3
 _REPEAT_DECAY = 0.9
 _TASTE_SCALE = 10.0
 _NO_ROW = -1
+#: Feature columns (ranker.FEATURES order) that belong to each part: off means not used.
+_FEATURES_OF: dict[RecommenderPart, list[int]] = {
+    "covis": [0],
+    "taste": [1],
+    "trending": [2, 6, 7],
+    "segment": [3, 8],
+    "content": [4, 9],
+    "repeat": [5],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,7 @@ class CandidateBatch:
     valid: BoolArray  # [users, slots]: a real, first-occurring candidate
     features: npt.NDArray[np.float32]  # [users, slots, FEATURES]; float32 halves the traffic
     anchors: IntArray  # [users, slots]: the recent item that pulled it in, or -1
+    similar_to: IntArray  # [users, slots]: the recent item it reads like, or -1
     anchor_categories: IntArray  # [users, _CATEGORIES_PER_USER], -2 = none
     recent: IntArray  # [users, window] newest first, -1 = empty
 
@@ -140,8 +151,26 @@ def gather_candidates(
     taste = _taste_search(rec, vectors, pool[: settings.taste_pool])
     anchor_categories = _anchor_categories(rec, anchors)
     category = _category_candidates(rec, anchor_categories)
+    similar, similarity = rec.content.neighbours_of(anchors.ravel())
+    similar_anchor = np.repeat(anchors.ravel(), similar.shape[1]).reshape(users, -1)
+    similarity = similarity.reshape(users, anchors.shape[1], -1)
+    similarity /= (1.0 + np.arange(anchors.shape[1], dtype=np.float64))[None, :, None]
+    similar = similar.reshape(users, -1)
+    similarity = similarity.reshape(users, -1)
 
-    rows = np.concatenate([neighbours, trending, segment_rows, taste, category, recent], axis=1)
+    sources: dict[RecommenderPart, IntArray] = {
+        "covis": neighbours,
+        "trending": trending,
+        "segment": segment_rows,
+        "taste": taste,
+        "content": np.concatenate([category, similar], axis=1),
+        "repeat": recent,
+    }
+    rows = np.concatenate(
+        [found for part, found in sources.items() if settings.part_on(part)]
+        or [np.full((users, 1), _NO_ROW, dtype=np.int64)],
+        axis=1,
+    )
     rows, valid = _compact(rows)
 
     features = np.zeros((users, rows.shape[1], len(FEATURES)), dtype=np.float32)
@@ -168,6 +197,7 @@ def gather_candidates(
     features[..., 3] = segment
     categories = rec.catalog.categories_of(safe_rows.ravel()).reshape(rows.shape)
     features[..., 4] = (categories[:, :, None] == anchor_categories[:, None, :]).any(axis=2)
+    found_similar = _strongest_link(rows, similar, similarity, similar_anchor, features[..., 9])
 
     recent_user = np.repeat(np.arange(users), recent.shape[1])
     position = _find(rows, recent_user, recent.ravel())
@@ -184,9 +214,39 @@ def gather_candidates(
     features[..., 7] = popularity * weekend[:, None]
     features[..., 8] = segment * mobile[:, None]
     features[~valid] = 0.0
+    for part, columns in _FEATURES_OF.items():
+        if not settings.part_on(part):
+            features[..., columns] = 0.0
     return CandidateBatch(
-        rows, valid, features, found_anchors.reshape(rows.shape), anchor_categories, recent
+        rows,
+        valid,
+        features,
+        found_anchors.reshape(rows.shape),
+        found_similar,
+        anchor_categories,
+        recent,
     )
+
+
+def _strongest_link(
+    rows: IntArray,
+    linked: IntArray,
+    strength: FloatArray,
+    anchor: IntArray,
+    out: npt.NDArray[np.float32],
+) -> IntArray:
+    """Each candidate's strongest ``linked`` strength into ``out``, and the anchor behind it."""
+    users = rows.shape[0]
+    user_of = np.repeat(np.arange(users), linked.shape[1])
+    position = _find(rows, user_of, linked.ravel())
+    hit = position >= 0
+    best = np.zeros(rows.size)
+    np.maximum.at(best, position[hit], strength.ravel()[hit])
+    out[...] = best.reshape(rows.shape)
+    found = np.full(rows.size, _NO_ROW, dtype=np.int64)
+    order = np.argsort(strength.ravel()[hit], kind="stable")  # strongest written last wins
+    found[position[hit][order]] = anchor.ravel()[hit][order]
+    return found.reshape(rows.shape)
 
 
 def _compact(rows: IntArray) -> tuple[IntArray, BoolArray]:

@@ -30,6 +30,7 @@ from worker import __version__
 from worker.config import Settings
 from worker.contract import CatalogItem, Event, EventType
 from worker.models.catalog import Catalog, content_vector
+from worker.models.content import ContentNeighbours, content_tokens
 from worker.models.covisitation import CoVisitation
 from worker.models.index import ItemIndex
 from worker.models.ranker import Ranker
@@ -119,6 +120,7 @@ class Recommender:
             segment_half_life_events=settings.segment_half_life_events,
         )
         self.covis = CoVisitation(settings.covis_neighbours, settings.trending_half_life_s)
+        self.content = ContentNeighbours(settings.content_neighbours)
         self.taste = TasteModel(
             settings.vector_dim, settings.learning_rate, settings.regularization, settings.seed
         )
@@ -138,10 +140,13 @@ class Recommender:
             return
         if item is None:
             self.catalog.delete(row)
+            self.content.delete(row)
             return
         self.catalog.upsert(row, item)
+        if self.settings.part_on("content"):
+            self.content.upsert(row, content_tokens(item))
         vector = content_vector(item, self.settings.vector_dim)
-        if vector is not None:
+        if vector is not None and self.settings.part_on("content"):
             self.taste.set_content(row, vector)
 
     # -- one micro-batch ------------------------------------------------------------------
@@ -294,6 +299,8 @@ class Recommender:
         :meth:`_negatives`. A chosen item outside the candidates teaches the ranker
         nothing: no ordering of the candidates would have shown it.
         """
+        if not self.settings.part_on("ranker"):
+            return
         lessons: list[tuple[_UserBatch, set[str | None]]] = []
         missing: list[_UserBatch] = []
         for user_id, user in users.items():

@@ -50,7 +50,8 @@ def finish_lists(
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
     top_scores = np.take_along_axis(scores, top, 1)
     top_rows = np.take_along_axis(batch.rows, top, 1)
-    explore = (rec.settings.explore_share * k + rec.rng.random(users)).astype(np.int64)
+    share = rec.settings.explore_share if rec.settings.part_on("explore") else 0.0
+    explore = (share * k + rec.rng.random(users)).astype(np.int64)
     room = k - explore
     if cap:
         keep = _capped(rec, top_rows, np.isfinite(top_scores), room, cap)
@@ -61,12 +62,14 @@ def finish_lists(
     strongest = np.argsort(-contributions, axis=2)[..., :2]
     strength = np.take_along_axis(contributions, strongest, 2)
     anchors = np.take_along_axis(batch.anchors, top, 1)
+    similar_to = np.take_along_axis(batch.similar_to, top, 1)
     reasons = _reasons(
         rec,
         contexts,
         np.nonzero(keep)[0],
         top_rows[keep],
         anchors[keep],
+        similar_to[keep],
         strongest[keep],
         strength[keep],
     )
@@ -105,6 +108,7 @@ def _reasons(
     users: IntArray,
     rows: IntArray,
     anchors: IntArray,
+    similar_to: IntArray,
     features: IntArray,
     strengths: FloatArray,
 ) -> list[list[str]]:
@@ -127,8 +131,8 @@ def _reasons(
     for part in range(2):
         feature = codes[:, part]
         details[:, part] = np.select(
-            [feature == 0, np.isin(feature, (1, 4)), np.isin(feature, (3, 8))],
-            [anchors, categories, user_country[users]],
+            [feature == 0, np.isin(feature, (1, 4)), np.isin(feature, (3, 8)), feature == 9],
+            [anchors, categories, user_country[users], similar_to],
             0,
         )
     distinct, which = np.unique(_pack(codes, details), return_inverse=True)
@@ -250,4 +254,8 @@ class _ReasonTexts:
             )
         if feature == 5:
             return "you showed interest in this before"
+        if feature == 9:
+            if detail < 0:
+                return None
+            return f"similar to {rec.catalog.title(detail, rec.index.item_id(detail))}"
         return None

@@ -1,0 +1,1 @@
+"""Prequential evaluation: replay a log through the worker's own core and the baselines."""
