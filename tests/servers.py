@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -66,14 +66,20 @@ class KafkaServer:
     ``bootstrap`` is empty until the first ``start()``; afterwards the port is kept, so
     a ``restart()`` comes back at the same address with the same data, as a real broker
     restart would, and connected clients can reconnect on their own.
+
+    With ``sasl_users`` (name -> password) the client listener is SASL_PLAINTEXT with
+    mechanism PLAIN and accepts only those users.
     """
 
     bootstrap: str
     directory: Path
+    sasl_users: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> KafkaServer:
         """Start the broker (reusing its port and data if it ran before) and wait for it."""
         env = {"KAFKA_PORT": self.bootstrap.rpartition(":")[2]} if self.bootstrap else {}
+        if self.sasl_users:
+            env["KAFKA_SASL_USERS"] = ",".join(f"{u}:{p}" for u, p in self.sasl_users.items())
         stdout = _run_script("kafka.sh", "start", self.directory, env)
         self.bootstrap = _result_line(stdout, "BOOTSTRAP")
         return self
@@ -95,15 +101,26 @@ class RedisServer:
     With ``persist`` the server keeps an append-only file in ``directory``, so data
     survives ``restart()``; without it a restart starts empty, like a cache that was
     flushed. ``url`` is empty until the first ``start()``; afterwards the port is kept.
+
+    With ``tls_dir`` (``ca.crt``, ``redis.crt``, ``redis.key``) it speaks only TLS and
+    requires client certificates; with ``acl_user`` and ``acl_password`` only that user
+    may log in (the ``default`` user is off).
     """
 
     url: str
     directory: Path
     persist: bool = False
+    tls_dir: Path | None = None
+    acl_user: str | None = None
+    acl_password: str | None = None
 
     def start(self) -> RedisServer:
         """Start the server (reusing its port if it ran before) and wait for PING."""
         env = {"REDIS_PERSIST": "1" if self.persist else "0"}
+        if self.tls_dir is not None:
+            env["REDIS_TLS_DIR"] = str(self.tls_dir)
+        if self.acl_user is not None and self.acl_password is not None:
+            env |= {"REDIS_ACL_USER": self.acl_user, "REDIS_ACL_PASSWORD": self.acl_password}
         if self.url:
             env["REDIS_PORT"] = str(urlsplit(self.url).port)
         stdout = _run_script("redis.sh", "start", self.directory, env)

@@ -289,14 +289,18 @@ def _names(settings: Settings) -> set[str]:
     }
 
 
-def test_as_environment_gives_the_same_settings_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_as_environment_gives_the_same_settings_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here, only that it exists\n")
     settings = Settings(
         top_k=7,
         explore_share=0.125,
         kafka_extra={"fetch.wait.max.ms": "10", "socket.keepalive.enable": "true"},
         deny_categories=["adult", "weapons"],
         redis_password=SecretStr("hunter2-redis"),
-        kafka_ssl_ca_location=Path("/etc/ssl/ca.pem"),
+        kafka_ssl_ca_location=ca,
         log_level="DEBUG",
     ).in_namespace("a1b2c3d4e5")
     environment = settings.as_environment()
@@ -308,3 +312,50 @@ def test_as_environment_gives_the_same_settings_back(monkeypatch: pytest.MonkeyP
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert load_settings() == settings
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "TAILOR_REDIS_SSL_CA_CERTS",
+        "TAILOR_KAFKA_SSL_CA_LOCATION",
+        "TAILOR_KAFKA_SSL_CERTIFICATE_LOCATION",
+        "TAILOR_KAFKA_SSL_KEY_LOCATION",
+    ],
+)
+def test_a_missing_certificate_file_is_named_at_start_up(tmp_path: Path, variable: str) -> None:
+    missing = str(tmp_path / "absent.pem")
+    message = _config_error(TAILOR_REDIS_URL="rediss://redis:6380/0", **{variable: missing})
+    assert f"{variable} (" in message
+    assert "no such file" in message
+    assert missing in message
+
+
+def test_redis_tls_files_need_a_rediss_url(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("pem\n")
+    message = _config_error(
+        TAILOR_REDIS_URL="redis://redis:6379/0", TAILOR_REDIS_SSL_CA_CERTS=str(ca)
+    )
+    assert "TAILOR_REDIS_SSL_CA_CERTS needs a rediss:// TAILOR_REDIS_URL (got redis://)" in message
+
+
+def test_redis_client_certificate_and_key_go_together(tmp_path: Path) -> None:
+    cert = tmp_path / "client.crt"
+    cert.write_text("pem\n")
+    message = _config_error(
+        TAILOR_REDIS_URL="rediss://redis:6380/0", TAILOR_REDIS_SSL_CERTFILE=str(cert)
+    )
+    assert "TAILOR_REDIS_SSL_CERTFILE and TAILOR_REDIS_SSL_KEYFILE go together" in message
+
+
+def test_redis_tls_settings_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("ca.crt", "client.crt", "client.key"):
+        (tmp_path / name).write_text("pem\n")
+    monkeypatch.setenv("TAILOR_REDIS_URL", "rediss://redis:6380/0")
+    monkeypatch.setenv("TAILOR_REDIS_SSL_CA_CERTS", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("TAILOR_REDIS_SSL_CERTFILE", str(tmp_path / "client.crt"))
+    monkeypatch.setenv("TAILOR_REDIS_SSL_KEYFILE", str(tmp_path / "client.key"))
+    settings = load_settings()
+    assert settings.redis_ssl_ca_certs == tmp_path / "ca.crt"
+    assert settings.redis_ssl_keyfile == tmp_path / "client.key"

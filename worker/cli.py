@@ -279,6 +279,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from worker.metrics import Health, Metrics, MetricsServer
     from worker.state.store import StoreUnavailable
     from worker.transport.delivery import DeliveryFailed
+    from worker.transport.kafka import KafkaUnavailable
 
     stop = threading.Event()
 
@@ -294,8 +295,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         worker = Worker(settings, metrics=metrics, health=health)
         worker.start()
-    except StoreUnavailable as error:
-        log.critical("%s (TAILOR_REDIS_URL)", error)
+    except (StoreUnavailable, KafkaUnavailable) as error:
+        log.critical("cannot start: %s", error)
         server.stop()
         return 1
     try:

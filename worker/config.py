@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://localhost:6379/0", description="redis://, rediss:// or unix://")
     redis_username: str | None = Field(None, description="Redis ACL user")
     redis_password: SecretStr | None = Field(None, description="Redis password (secret)")
+    redis_ssl_ca_certs: Path | None = Field(
+        None, description="CA bundle that signed the Redis server certificate (rediss://)"
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="client certificate for Redis TLS (rediss://, with the key)"
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None, description="client private key for Redis TLS (rediss://, with the certificate)"
+    )
     redis_key_prefix: str = Field(
         "tailor", min_length=1, max_length=32, pattern=r"^[\w.-]+$", description="key namespace"
     )
@@ -165,6 +174,22 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator(
+        "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location",
+        "kafka_ssl_key_location",
+        "redis_ssl_ca_certs",
+        "redis_ssl_certfile",
+        "redis_ssl_keyfile",
+    )
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        """A missing certificate or key is named at start-up, not at the first TLS handshake,
+        where the client library would report it far from the setting."""
+        if value is not None and not value.is_file():
+            raise ValueError("no such file")
+        return value
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _host_port_list(cls, value: str) -> str:
@@ -187,6 +212,27 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD are "
                 "required for SASL"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_tls_needs_rediss(self) -> Settings:
+        """TLS files with a plaintext URL would be ignored silently: refuse them instead."""
+        given = [
+            f"{ENV_PREFIX}{name.upper()}"
+            for name in ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile")
+            if getattr(self, name) is not None
+        ]
+        if given and not self.redis_url.startswith("rediss://"):
+            verb = "needs" if len(given) == 1 else "need"
+            raise ValueError(
+                f"{' and '.join(given)} {verb} a rediss:// {ENV_PREFIX}REDIS_URL "
+                f"(got {self.redis_url.split(':', 1)[0]}://)"
+            )
+        if (self.redis_ssl_certfile is None) != (self.redis_ssl_keyfile is None):
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_SSL_CERTFILE and {ENV_PREFIX}REDIS_SSL_KEYFILE go together "
+                "(for a PEM holding both, give the same file twice)"
             )
         return self
 

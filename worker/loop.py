@@ -30,7 +30,9 @@ from worker.state.store import StoreUnavailable, UserStore, connect_redis
 from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBatch
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
+    KafkaUnavailable,
     assign_whole_topic,
+    check_kafka,
     make_catalog_consumer,
     make_consumer,
     make_producer,
@@ -88,10 +90,9 @@ class Worker:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, catalog_timeout_s: float = 30.0) -> None:
-        """Fail fast on Redis, load the catalog, join the group."""
-        if not self.store.ping():
-            raise StoreUnavailable(f"cannot reach Redis at {self.settings.redis_url}")
+    def start(self, catalog_timeout_s: float = 30.0, kafka_timeout_s: float = 30.0) -> None:
+        """Fail fast on Redis and Kafka, load the catalog, join the group."""
+        self._check_servers(kafka_timeout_s)
         partitions = assign_whole_topic(self.catalog, self.settings.catalog_topic)
         loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
         log.info("catalog: %d items from %d partition(s)", loaded, partitions)
@@ -110,6 +111,22 @@ class Worker:
             self.settings.group_id,
             self.settings.recommendations_topic,
         )
+
+    def _check_servers(self, kafka_timeout_s: float) -> None:
+        """Raise :class:`StoreUnavailable` or :class:`KafkaUnavailable` saying what failed.
+
+        Without this a wrong password or an untrusted certificate shows up only as
+        retries in the log. The Kafka clients built in ``__init__`` are closed on failure,
+        so a caller that gives up leaves nothing connecting in the background.
+        """
+        try:
+            self.store.check()
+            check_kafka(self.settings, kafka_timeout_s)
+        except (StoreUnavailable, KafkaUnavailable):
+            self.consumer.close()
+            self.catalog.close()
+            self.producer.close()
+            raise
 
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> WorkerStats:
         """Turn the loop until ``stop`` is set (signals only set it), then close cleanly."""

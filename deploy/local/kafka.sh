@@ -7,6 +7,10 @@
 # Env: KAFKA_PORT pins the broker port (otherwise the port from an existing
 # DIR/server.properties is reused, else a free one is picked); KAFKA_HEAP_OPTS
 # overrides the small default heap. Restarting on the same DIR keeps the data.
+# KAFKA_SASL_USERS="alice:alice-secret[,bob:bob-secret]" makes the one client listener
+# SASL_PLAINTEXT with mechanism PLAIN (also used between brokers, by a user of its own)
+# that accepts exactly these users; the controller keeps a PLAINTEXT port of its own.
+# Names and passwords are limited to [A-Za-z0-9._-] so they can sit in the JAAS line.
 # The broker jars come from Maven Central once (kafka/pom.xml) and are cached
 # in deploy/local/.cache/kafka-<version>/. Everything but the result goes to stderr.
 set -euo pipefail
@@ -42,17 +46,45 @@ fetch_jars() {
   mv -T "$tmp" "$CACHE" 2>/dev/null || rm -rf "$tmp"
 }
 
+# The JAAS line of the PLAIN listener: the broker's own login, then one user_<name> per user.
+sasl_jaas() {
+  local users="user_broker=\"$1\"" pair name password pairs
+  IFS=, read -ra pairs <<<"$KAFKA_SASL_USERS"
+  for pair in "${pairs[@]}"; do
+    [[ $pair =~ ^([A-Za-z0-9._-]+):([A-Za-z0-9._-]+)$ ]] \
+      || die "KAFKA_SASL_USERS: expected name:password[,name:password...] of [A-Za-z0-9._-]"
+    name="${BASH_REMATCH[1]}" password="${BASH_REMATCH[2]}"
+    users+=" user_$name=\"$password\""
+  done
+  echo "org.apache.kafka.common.security.plain.PlainLoginModule required" \
+    "username=\"broker\" password=\"$1\" $users;"
+}
+
+# Listener lines: PLAINTEXT by default; SASL_PLAINTEXT (PLAIN) with KAFKA_SASL_USERS.
+write_listeners() {
+  local port="$1" cport="$2" name=PLAINTEXT
+  [[ -n ${KAFKA_SASL_USERS:-} ]] && name=SASL_PLAINTEXT
+  echo "listeners=$name://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  echo "advertised.listeners=$name://127.0.0.1:$port"
+  echo "listener.security.protocol.map=$name:$name,CONTROLLER:PLAINTEXT"
+  echo "controller.listener.names=CONTROLLER"
+  echo "inter.broker.listener.name=$name"
+  [[ $name == SASL_PLAINTEXT ]] || return 0
+  local jaas
+  jaas="$(sasl_jaas "$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')")" || exit 1
+  echo "sasl.enabled.mechanisms=PLAIN"
+  echo "sasl.mechanism.inter.broker.protocol=PLAIN"
+  echo "listener.name.sasl_plaintext.plain.sasl.jaas.config=$jaas"
+}
+
 write_config() {
-  local port="$1" cport="$2"
+  local port="$1" cport="$2" listeners
+  listeners="$(write_listeners "$port" "$cport")"
   cat >"$DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
+$listeners
 log.dirs=$DIR/data
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=1
@@ -77,10 +109,16 @@ rootLogger.appenderRef.out.ref=out
 EOF
 }
 
+# Ready when a client (the first SASL user, if any) can read metadata.
 broker_ready() {
   if "$PY" -c 'import confluent_kafka' 2>/dev/null; then
     "$PY" -c 'import sys; from confluent_kafka.admin import AdminClient
-AdminClient({"bootstrap.servers": sys.argv[1]}).list_topics(timeout=1)' "$1" 2>/dev/null
+config = {"bootstrap.servers": sys.argv[1]}
+if sys.argv[2]:
+    user, _, password = sys.argv[2].split(",")[0].partition(":")
+    config |= {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+               "sasl.username": user, "sasl.password": password}
+AdminClient(config).list_topics(timeout=1)' "$1" "${KAFKA_SASL_USERS:-}" 2>/dev/null
   else
     grep -q 'Kafka Server started' "$DIR/kafka.log" && (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null
   fi
@@ -94,7 +132,7 @@ start() {
   fi
   fetch_jars
   local port cport
-  port="${KAFKA_PORT:-$(prop listeners | sed -n 's/^PLAINTEXT:\/\/127.0.0.1:\([0-9]*\),.*/\1/p')}"
+  port="${KAFKA_PORT:-$(prop listeners | sed -n 's/^[A-Z_]*:\/\/127.0.0.1:\([0-9]*\),.*/\1/p')}"
   cport="$(prop controller.quorum.voters | sed 's/.*://')"
   [[ -n $port ]] || port="$(free_port)"
   [[ -n $cport ]] || cport="$(free_port)"

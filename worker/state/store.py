@@ -12,16 +12,18 @@ replayed after a crash or a rebalance cannot apply a user's events twice.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from worker.config import Settings
+from worker.config import ENV_PREFIX, Settings
 from worker.state.user import (
     OFFSET_FIELD_PREFIX,
     UserState,
@@ -30,7 +32,14 @@ from worker.state.user import (
     encode_user,
 )
 
-__all__ = ["StoreUnavailable", "UserStore", "WriteOutcome", "connect_redis"]
+__all__ = [
+    "StoreUnavailable",
+    "UserStore",
+    "WriteOutcome",
+    "connect_redis",
+    "explain_redis_error",
+    "redacted_url",
+]
 
 # KEYS[1] = the user's hash
 # ARGV[1] = idle TTL (s); ARGV[2] = "1" to erase the user first (a forget in this batch)
@@ -77,7 +86,76 @@ def connect_redis(settings: Settings) -> redis.Redis:
         options["username"] = settings.redis_username
     if settings.redis_password:
         options["password"] = settings.redis_password.get_secret_value()
+    options.update(_tls_options(settings))
     return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    """CA, client certificate and key for ``rediss://`` (Settings refuses them otherwise).
+
+    Verification of the server's certificate and host name is spelled out rather than left
+    to redis-py's defaults, which were laxer in older releases.
+    """
+    if not settings.redis_url.startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    for key, path in (
+        ("ssl_ca_certs", settings.redis_ssl_ca_certs),
+        ("ssl_certfile", settings.redis_ssl_certfile),
+        ("ssl_keyfile", settings.redis_ssl_keyfile),
+    ):
+        if path is not None:
+            options[key] = str(path)
+    return options
+
+
+def explain_redis_error(error: redis.RedisError, settings: Settings) -> str:
+    """One line on why Redis cannot be used, naming the settings to look at.
+
+    redis-py's own messages do not say which user was refused, and a TLS failure surfaces
+    as a generic ConnectionError whose SSL reason sits in ``__context__``.
+    """
+    where = f"Redis at {redacted_url(settings.redis_url)}"
+    if isinstance(error, redis.AuthenticationError):
+        user = settings.redis_username or urlsplit(settings.redis_url).username or "default"
+        return (
+            f"{where} refused user {user!r}: authentication failed ({error}); "
+            f"check {ENV_PREFIX}REDIS_USERNAME and {ENV_PREFIX}REDIS_PASSWORD"
+        )
+    if isinstance(error, redis.exceptions.NoPermissionError):
+        return f"{where}: user lacks a permission Tailor needs ({error}); check its ACL rules"
+    tls = _ssl_reason(error)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return (
+            f"{where}: TLS certificate of the server not trusted ({tls.verify_message}); "
+            f"check {ENV_PREFIX}REDIS_SSL_CA_CERTS"
+        )
+    if tls is not None:
+        return (
+            f"{where}: TLS connection failed ({tls}); if the server requires client "
+            f"certificates, check {ENV_PREFIX}REDIS_SSL_CERTFILE and {ENV_PREFIX}REDIS_SSL_KEYFILE"
+        )
+    return f"cannot reach {where}: {error} (check {ENV_PREFIX}REDIS_URL)"
+
+
+def _ssl_reason(error: BaseException) -> ssl.SSLError | None:
+    """The SSL error behind a redis-py connection error, if one is in its chain."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def redacted_url(url: str) -> str:
+    """``url`` fit for a log line: a password in it is replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 class UserStore:
@@ -88,6 +166,7 @@ class UserStore:
         observe_round_trip: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.client = client
+        self.settings = settings
         self.prefix = settings.redis_key_prefix
         self.ttl_s = settings.user_ttl_s
         self.chunk = settings.redis_chunk_size
@@ -97,6 +176,17 @@ class UserStore:
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}:{{u:{user_id}}}"
+
+    def check(self) -> None:
+        """One PING at start-up; raises :class:`StoreUnavailable` saying what failed.
+
+        :meth:`ping` only answers yes or no, which would report a wrong password or an
+        untrusted certificate as "cannot reach".
+        """
+        try:
+            self.client.ping()
+        except redis.RedisError as error:
+            raise StoreUnavailable(explain_redis_error(error, self.settings)) from error
 
     def ping(self) -> bool:
         try:

@@ -6,17 +6,20 @@ and the loop-hygiene choices live next to the reasons for them.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from worker.config import Settings
+from worker.config import ENV_PREFIX, Settings
 
 __all__ = [
+    "KafkaUnavailable",
+    "check_kafka",
     "client_config",
     "create_topics",
     "make_admin",
@@ -114,8 +117,57 @@ def make_producer(settings: Settings, **callbacks: Callable[..., None]) -> Produ
     return Producer(config)
 
 
-def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(client_config(settings))
+def make_admin(settings: Settings, **callbacks: Callable[..., None]) -> AdminClient:
+    return AdminClient(client_config(settings) | dict(callbacks))
+
+
+class KafkaUnavailable(RuntimeError):
+    """At start-up the brokers could not be reached, or refused the client's credentials."""
+
+
+def check_kafka(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Read cluster metadata within ``timeout_s`` or raise :class:`KafkaUnavailable`.
+
+    librdkafka retries a refused login for ever and reports it only to the error
+    callback; the clients' own calls just time out with "Broker transport failure". This
+    check stops at the first authentication or TLS error and says which settings to fix.
+    """
+    errors: list[KafkaError] = []
+    admin = make_admin(settings, error_cb=errors.append)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as error:
+            errors.append(error.args[0])
+        admin.poll(0)
+        refused = next((e for e in errors if e.code() in _REFUSALS), None)
+        if refused is not None:
+            raise KafkaUnavailable(_explain_refusal(refused, settings))
+        if time.monotonic() >= deadline:
+            raise KafkaUnavailable(
+                f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout_s:g} s "
+                f"({errors[-1].str()}); check {ENV_PREFIX}BOOTSTRAP_SERVERS and "
+                f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL"
+            )
+
+
+_REFUSALS = (KafkaError._AUTHENTICATION, KafkaError._SSL)
+
+
+def _explain_refusal(error: KafkaError, settings: Settings) -> str:
+    where = f"Kafka at {settings.bootstrap_servers}"
+    if error.code() == KafkaError._AUTHENTICATION:
+        return (
+            f"{where} refused SASL user {settings.kafka_sasl_username!r} "
+            f"({settings.kafka_sasl_mechanism}): {error.str()}; check "
+            f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD"
+        )
+    return (
+        f"{where}: TLS failed ({error.str()}); check {ENV_PREFIX}KAFKA_SSL_CA_LOCATION, "
+        f"{ENV_PREFIX}KAFKA_SSL_CERTIFICATE_LOCATION and {ENV_PREFIX}KAFKA_SSL_KEY_LOCATION"
+    )
 
 
 def create_topics(settings: Settings, partitions: int = 4, timeout_s: float = 30.0) -> None:
