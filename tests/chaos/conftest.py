@@ -30,6 +30,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("malformed", "malformed"),
     ("kills", "kills"),
     ("rebalances", "rebalances"),
+    ("zombies", "zombies"),
     ("redis_restarts", "redis restarts"),
     ("kafka_restarts", "kafka restarts"),
     ("lost", "lost"),

@@ -428,6 +428,14 @@ class Fleet:
         self.retired.append(worker)
         self.kills += 1
 
+    def freeze(self, slot: str) -> None:
+        """SIGSTOP: a worker stalled (a long pause, a frozen VM) that will come back."""
+        os.kill(self.workers[slot].process.pid, signal.SIGSTOP)
+
+    def thaw(self, slot: str) -> None:
+        """SIGCONT: the stalled worker resumes mid-batch, unaware it lost its partitions."""
+        os.kill(self.workers[slot].process.pid, signal.SIGCONT)
+
     def stop(self, slot: str) -> None:
         worker = self.workers.pop(slot)
         code = worker.stop()
@@ -510,6 +518,7 @@ class Figures:
     malformed: int = 0
     kills: int = 0
     rebalances: int = 0
+    zombies: int = 0  # workers frozen past their session, then resumed
     redis_restarts: int = 0
     kafka_restarts: int = 0
     unaccounted: int = 0  # input messages neither covered by a list nor on the DLQ

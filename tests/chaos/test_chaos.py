@@ -115,6 +115,24 @@ def join_and_leave(run: Run) -> None:
     run.figures.rebalances += 1
 
 
+def freeze_past_session(run: Run) -> None:
+    """Freeze worker a until the group gives its partitions to b, then let it go on.
+
+    The thawed worker is a zombie for a moment: it finishes the batch in its hands for
+    partitions that b now owns. This is the one way two workers apply the same events
+    at once, so it is what the offset guard in Redis (and "stale writes") is for.
+    """
+    for share in (0.25, 0.5, 0.75):
+        run.until_sent(share)
+        run.fleet.freeze("a")
+        run.settle_group({"b"})
+        run.pause(run.rng.uniform(0.5, 1.5))
+        run.fleet.thaw("a")
+        run.settle_group({"a", "b"})
+        run.figures.zombies += 1
+        run.figures.rebalances += 2
+
+
 def restart_redis(run: Run) -> None:
     """Stop Redis for a few seconds, twice; its append-only file brings the data back."""
     for share in (0.3, 0.65):
@@ -139,6 +157,7 @@ def restart_kafka(run: Run) -> None:
     [
         pytest.param(("a", "b"), 30.0, kill_at_random, id="sigkill"),
         pytest.param(("a",), 40.0, join_and_leave, id="rebalance"),
+        pytest.param(("a", "b"), 30.0, freeze_past_session, id="zombie"),
         pytest.param(("a", "b"), 20.0, restart_redis, id="redis-restart"),
         pytest.param(("a", "b"), 20.0, restart_kafka, id="kafka-restart"),
     ],
