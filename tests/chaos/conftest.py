@@ -25,6 +25,7 @@ FIGURES_FILE = Path(".tailor") / "chaos.json"
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
     ("scenario", "scenario"),
+    ("outcome", "outcome"),
     ("events", "events"),
     ("users", "users"),
     ("malformed", "malformed"),

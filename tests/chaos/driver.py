@@ -513,6 +513,7 @@ class Figures:
     """What one scenario measured; printed at the end and written to .tailor/chaos.json."""
 
     scenario: str
+    outcome: str = "incomplete"  # "ok" or "FAILED" once checked
     events: int = 0
     users: int = 0
     malformed: int = 0
