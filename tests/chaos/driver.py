@@ -277,6 +277,12 @@ class OutputReader:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() - self.last_arrival < quiet_s and time.monotonic() < deadline:
             time.sleep(0.1)
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading and leave; safe to call again."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(30)
         self._consumer.close()

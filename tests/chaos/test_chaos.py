@@ -245,7 +245,7 @@ class _scenario:  # noqa: N801 (a context manager used like a function)
         for worker in self.fleet.workers.values():
             if worker.alive():
                 worker.kill()
-        self.reader.settle(quiet_s=0.0, timeout_s=0.0)
+        self.reader.close()
 
 
 def _wait_until_caught_up(
