@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STATE  := .tailor
 
-.PHONY: help install tools demo test lint typecheck unit schemas up down clean
+.PHONY: help install tools demo test chaos lint typecheck unit schemas up down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ unit: install  ## tests that need no servers
 test: install tools lint typecheck  ## everything: lint, types, unit and integration tests on real Kafka and Redis
 	$(BIN)/tailor schemas --check
 	$(BIN)/pytest
+
+chaos: install tools  ## fault suite: SIGKILLs, rebalances, Redis and Kafka restarts; prints the figures
+	$(BIN)/pytest tests/chaos -m chaos
 
 up: install tools  ## start a local Kafka and Redis for manual runs (see .tailor/env)
 	mkdir -p $(STATE)
