@@ -23,7 +23,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.config import Settings
-from worker.decode import DeadLetter, decode_catalog_item, decode_event
+from worker.decode import DeadLetter, Decoded, RecentEventIds, decode_catalog_item, decode_event
 from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
 from worker.state.store import StoreUnavailable, UserStore, connect_redis
@@ -84,6 +84,7 @@ class Worker:
         self.catalog: Consumer = make_catalog_consumer(settings)
         self.tracker = DeliveryTracker(self._store_offsets)
         self._skew = timedelta(seconds=settings.max_future_skew_s)
+        self._recent_ids = RecentEventIds(settings.dedup_window)
         self._paused = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -174,11 +175,7 @@ class Worker:
                 continue
             topic, partition, offset = _coordinates(message)
             next_offsets[(topic, partition)] = offset + 1
-            decoded = decode_event(
-                message.value(),
-                max_bytes=self.settings.max_message_bytes,
-                max_future_skew=self._skew,
-            )
+            decoded = self._decode(message.value(), (topic, partition, offset))
             if decoded.event is None:
                 assert decoded.dead_letter is not None
                 letters.append((decoded.dead_letter, message))
@@ -203,6 +200,21 @@ class Worker:
         self.producer.poll(0)
         self._account(len(messages), result, len(letters), outcome.stale, started)
         return len(messages)
+
+    def _decode(self, raw: bytes | None, where: tuple[str, int, int]) -> Decoded:
+        """Validate one message under the configured limits, then drop a repeated event id."""
+        settings = self.settings
+        decoded = decode_event(
+            raw,
+            max_bytes=settings.max_message_bytes,
+            max_future_skew=self._skew,
+            min_event_time=settings.min_event_time,
+            max_id_length=settings.max_id_length,
+        )
+        if decoded.event is None:
+            return decoded
+        duplicate = self._recent_ids.check(decoded.event.event_id, where)
+        return decoded if duplicate is None else Decoded(dead_letter=duplicate)
 
     def _publish(self, batch: PendingBatch, result: BatchResult, sent_at: dict[str, float]) -> None:
         topic = self.settings.recommendations_topic
@@ -330,7 +342,11 @@ class Worker:
                 if key:
                     self.recommender.apply_catalog(key.decode("utf-8", "replace"), None)
                 continue
-            item = decode_catalog_item(value, max_bytes=self.settings.max_message_bytes)
+            item = decode_catalog_item(
+                value,
+                max_bytes=self.settings.max_message_bytes,
+                max_id_length=self.settings.max_id_length,
+            )
             if isinstance(item, DeadLetter):
                 self._dead_letter(None, item, message)
                 continue
