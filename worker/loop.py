@@ -408,8 +408,7 @@ class Worker:
                     raise
                 if not self._paused:
                     log.error("Redis unavailable, pausing consumption: %s", error)
-                    self.consumer.pause(self.consumer.assignment())
-                    self._paused = True
+                    self._pause()
                 self.health.set_ready(False, "redis unreachable")
                 self.metrics.ready.set(0)
                 self.health.beat()
@@ -418,11 +417,22 @@ class Worker:
                 continue
             if self._paused:
                 log.info("Redis is back, resuming consumption")
-                self.consumer.resume(self.consumer.assignment())
-                self._paused = False
+                self._resume()
                 self.health.set_ready(True)
                 self.metrics.ready.set(1)
             return result
+
+    def _pause(self) -> None:
+        """Stop fetching: librdkafka then keeps at most its bounded prefetch queue."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        self._paused = True
+        self.metrics.paused_partitions.set(len(assignment))
+
+    def _resume(self) -> None:
+        self.consumer.resume(self.consumer.assignment())
+        self._paused = False
+        self.metrics.paused_partitions.set(0)
 
     def _idle(self, seconds: float) -> None:
         """Wait while serving the group; a message fetched meanwhile is sought back."""
