@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -35,6 +36,11 @@ def _mentions(client: redis.Redis, settings: Settings, user: str) -> set[bytes]:
     return of_prefix | _keys(client, f"*{user}*")
 
 
+def _unique(name: str) -> str:
+    """A user id no other test or earlier run has: the scan covers the whole keyspace."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
 def _tombstone(user: str) -> Callable[[list[Message]], bool]:
     return lambda seen: any(m.key() == user.encode() and m.value() is None for m in seen)
 
@@ -44,21 +50,21 @@ def test_a_forget_event_and_the_forget_command_leave_nothing_of_the_user(
 ) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     recommendations = reader(settings.recommendations_topic)
-    users = ("dora-4f1c", "erin-77ab", "kept-9d03")  # distinctive: no other test has them
+    dora, erin, kept = users = (_unique("dora"), _unique("erin"), _unique("kept"))
     with running_worker(settings) as worker:
         produce_events(settings, [event(user, f"item-{n}") for user in users for n in range(3)])
         wait_until(lambda: worker.stats.processed == 9)
         assert all(_mentions(client, settings, user) for user in users)
 
-        produce_events(settings, [event("dora-4f1c", None, "forget")])
-        recommendations.wait_for(_tombstone("dora-4f1c"))
+        produce_events(settings, [event(dora, None, "forget")])
+        recommendations.wait_for(_tombstone(dora))
         wait_until(lambda: worker.stats.erased == 1)
-    assert _mentions(client, settings, "dora-4f1c") == set()
+    assert _mentions(client, settings, dora) == set()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
     env.update(settings.as_environment())
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "forget", "erin-77ab"],
+        [sys.executable, "-m", "worker", "forget", erin],
         env=env,
         capture_output=True,
         text=True,
@@ -67,20 +73,21 @@ def test_a_forget_event_and_the_forget_command_leave_nothing_of_the_user(
     )
     assert done.returncode == 0, done.stderr
     assert "removed 1 key(s)" in done.stdout
-    recommendations.wait_for(_tombstone("erin-77ab"))
-    assert _mentions(client, settings, "erin-77ab") == set()
-    assert _mentions(client, settings, "kept-9d03"), "the scan must find a user not erased"
+    recommendations.wait_for(_tombstone(erin))
+    assert _mentions(client, settings, erin) == set()
+    assert _mentions(client, settings, kept), "the scan must find a user not erased"
 
 
 def test_events_still_in_kafka_cannot_bring_back_a_forgotten_user(settings: Settings) -> None:
     """``tailor forget`` races with events of the user not yet processed; its forget event,
     queued behind them in the user's partition, erases what they write back."""
     client = redis.Redis.from_url(settings.redis_url)
-    produce_events(settings, [event("late-5e2a", f"item-{n}") for n in range(3)])
+    late = _unique("late")
+    produce_events(settings, [event(late, f"item-{n}") for n in range(3)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
     env.update(settings.as_environment())
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "forget", "late-5e2a"],
+        [sys.executable, "-m", "worker", "forget", late],
         env=env,
         capture_output=True,
         text=True,
@@ -91,4 +98,4 @@ def test_events_still_in_kafka_cannot_bring_back_a_forgotten_user(settings: Sett
     with running_worker(settings) as worker:  # only now are the user's events processed
         wait_until(lambda: worker.stats.consumed == 4 and worker.stats.erased == 1)
     assert worker.stats.dead_lettered == 0
-    assert _mentions(client, settings, "late-5e2a") == set()
+    assert _mentions(client, settings, late) == set()

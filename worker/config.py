@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         50_000,
         ge=0,
         le=10_000_000,
-        description="recent event ids remembered to dead-letter duplicates (~0.2 KB each; 0 = off)",
+        description="recent event ids remembered to dead-letter duplicates (~0.3 KB each; 0 = off)",
     )
     outage_timeout_s: float = Field(
         300.0, gt=0, description="stop (uncommitted) when Redis stays away this long"
