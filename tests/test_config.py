@@ -132,6 +132,16 @@ def test_explicit_overrides_win_over_environment(monkeypatch: pytest.MonkeyPatch
         ("TAILOR_REDIS_KEY_PREFIX", "has space"),
         ("TAILOR_LOG_LEVEL", "CHATTY"),
         ("TAILOR_METRICS_PORT", "70000"),
+        # the limits on bad input: none can be switched off or raised past the contract
+        ("TAILOR_MAX_MESSAGE_BYTES", "100"),
+        ("TAILOR_MAX_MESSAGE_BYTES", "1000000000"),
+        ("TAILOR_MAX_ID_LENGTH", "129"),
+        ("TAILOR_MAX_ID_LENGTH", "0"),
+        ("TAILOR_RECENT_WINDOW", "0"),
+        ("TAILOR_RECENT_WINDOW", "1000000"),
+        ("TAILOR_MIN_EVENT_TIME", "2000-01-01T00:00:00"),
+        ("TAILOR_MIN_EVENT_TIME", "someday"),
+        ("TAILOR_DEDUP_WINDOW", "-1"),
     ],
 )
 def test_bad_value_names_the_variable(variable: str, value: str) -> None:

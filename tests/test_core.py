@@ -234,6 +234,15 @@ def test_offsets_are_tracked_per_partition() -> None:
 # -- (c) forget -------------------------------------------------------------------------
 
 
+def test_events_years_apart_in_two_batches_do_not_crash_the_models() -> None:
+    """Event time may jump by decades between batches (a backfill, then live traffic)."""
+    world = _world()
+    old = world.envelope("backfill", _item(CATEGORIES[0], 1), minutes=-20 * 365 * 24 * 60)
+    world.process([old, world.envelope("backfill", _item(CATEGORIES[0], 2), minutes=-1e7)])
+    result = world.process(_clicks(world, "backfill", [_item(CATEGORIES[0], 3)]))
+    assert _ids(_list_of(result, "backfill"))
+
+
 def test_forget_erases_the_user() -> None:
     world = _world()
     world.process(_clicks(world, "gone", ["A00", "A01"]) + _clicks(world, "stays", ["B00"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,8 +17,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.badinput import CATALOG_CATEGORIES, EVENT_CATEGORIES, Limits, odd_unicode_event
 from worker.contract import EventType
-from worker.decode import DeadLetterReason, Decoded, decode_catalog_item, decode_event
+from worker.decode import (
+    DeadLetter,
+    DeadLetterReason,
+    Decoded,
+    RecentEventIds,
+    decode_catalog_item,
+    decode_event,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=10)
@@ -101,6 +110,8 @@ def test_valid_forget_decodes_without_item() -> None:
             DeadLetterReason.FUTURE_TIMESTAMP,
             "timestamp",
         ),
+        (_raw(timestamp="1999-12-31T23:59:59Z"), DeadLetterReason.PAST_TIMESTAMP, "timestamp"),
+        (_raw(timestamp=1_764_000_000), DeadLetterReason.PAST_TIMESTAMP, "timestamp"),
         (_raw(type="teleport"), DeadLetterReason.UNKNOWN_TYPE, "type"),
         (_raw(type="CLICK"), DeadLetterReason.UNKNOWN_TYPE, "type"),
     ],
@@ -120,7 +131,9 @@ def test_every_reason_is_covered_above() -> None:
         DeadLetterReason.INVALID_FIELD,
         DeadLetterReason.UNSUPPORTED_VERSION,
         DeadLetterReason.FUTURE_TIMESTAMP,
+        DeadLetterReason.PAST_TIMESTAMP,
         DeadLetterReason.UNKNOWN_TYPE,
+        DeadLetterReason.DUPLICATE,  # by RecentEventIds, tested at the end of this module
     }
     assert set(DeadLetterReason) == covered
 
@@ -236,6 +249,7 @@ def _assert_one_outcome(decoded: Decoded) -> None:
 
 _PROPERTY = settings(
     max_examples=2000,
+    derandomize=True,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -266,3 +280,159 @@ def test_out_of_range_epoch_timestamp_is_a_dead_letter(timestamp: str) -> None:
     raw = _raw(timestamp=0).replace(b'"timestamp": 0', f'"timestamp": {timestamp}'.encode())
     assert timestamp.encode() in raw
     assert _letter(raw) == (DeadLetterReason.INVALID_FIELD, "timestamp")
+
+
+# -- every category of bad input, with the reason it must get ---------------------------
+#
+# Deterministic (derandomize) so that CI sees the same inputs on every run; together these
+# generate more than 10,000 distinct bad inputs (counted below), in seconds. Hypothesis
+# draws a seed for the generator rather than driving it through st.randoms(), which
+# records every call and was ten times slower; a failure reports the seed, which
+# reproduces the input exactly.
+
+_LIMITS = Limits(max_bytes=MAX_BYTES, max_id_length=64, now=NOW, max_future_skew=SKEW)
+_PER_CATEGORY = 800
+_BAD_INPUTS: dict[str, set[int]] = {}  # category -> hashes of the distinct inputs seen
+_CATEGORY_PROPERTY = settings(
+    max_examples=_PER_CATEGORY,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+_SEEDS = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+def _decode_under(limits: Limits, raw: bytes | None) -> Decoded:
+    return decode_event(
+        raw,
+        max_bytes=limits.max_bytes,
+        max_future_skew=limits.max_future_skew,
+        min_event_time=limits.min_event_time,
+        max_id_length=limits.max_id_length,
+        now=limits.now,
+    )
+
+
+def _field_matches(field: str, expected: str) -> bool:
+    """``category.0`` is the ``category`` field: the index names the culprit inside it."""
+    return field == expected or field.startswith(f"{expected}.")
+
+
+@pytest.mark.parametrize("category", sorted(EVENT_CATEGORIES))
+@_CATEGORY_PROPERTY
+@given(seed=_SEEDS)
+def test_bad_event_lands_with_its_reason(category: str, seed: int) -> None:
+    bad = EVENT_CATEGORIES[category](random.Random(seed), _LIMITS)
+    decoded = _decode_under(_LIMITS, bad.raw)
+    assert decoded.event is None, f"{category}: accepted {bad.raw!r}"
+    assert decoded.dead_letter is not None
+    letter = decoded.dead_letter
+    assert (letter.reason, letter.field) == (bad.reason, bad.field) or (
+        letter.reason is bad.reason and _field_matches(letter.field, bad.field)
+    ), f"{category}: {letter} for {bad.raw!r}"
+    assert letter.detail
+    _BAD_INPUTS.setdefault(category, set()).add(hash(bad.raw))
+
+
+@pytest.mark.parametrize("category", sorted(CATALOG_CATEGORIES))
+@_CATEGORY_PROPERTY
+@given(seed=_SEEDS)
+def test_bad_catalog_record_lands_with_its_reason(category: str, seed: int) -> None:
+    bad = CATALOG_CATEGORIES[category](random.Random(seed), _LIMITS)
+    letter = decode_catalog_item(
+        bad.raw or b"", max_bytes=_LIMITS.max_bytes, max_id_length=_LIMITS.max_id_length
+    )
+    assert isinstance(letter, DeadLetter), f"{category}: accepted {bad.raw!r}"
+    assert letter.reason is bad.reason, f"{category}: {letter} for {bad.raw!r}"
+    assert _field_matches(letter.field, bad.field), f"{category}: {letter} for {bad.raw!r}"
+    _BAD_INPUTS.setdefault(category, set()).add(hash(bad.raw))
+
+
+@_CATEGORY_PROPERTY
+@given(seed=_SEEDS)
+def test_odd_unicode_ids_are_taken_exactly_as_sent(seed: int) -> None:
+    raw, body = odd_unicode_event(random.Random(seed), _LIMITS)
+    decoded = _decode_under(_LIMITS, raw)
+    assert decoded.event is not None, f"{decoded.dead_letter} for {raw!r}"
+    ids = (decoded.event.event_id, decoded.event.user_id, decoded.event.item_id)
+    assert ids == (body["event_id"], body["user_id"], body["item_id"])
+
+
+def test_ci_generates_at_least_ten_thousand_bad_inputs() -> None:
+    """Counts what the category tests above really generated in this session."""
+    expected = set(EVENT_CATEGORIES) | set(CATALOG_CATEGORIES)
+    if set(_BAD_INPUTS) != expected:
+        pytest.skip("only meaningful when every category test of this module ran first")
+    distinct = {category: len(seen) for category, seen in _BAD_INPUTS.items()}
+    print(f"distinct bad inputs: {sum(distinct.values())} {distinct}")
+    assert sum(distinct.values()) >= 10_000, distinct
+
+
+def test_the_id_limit_setting_lowers_the_contract_ceiling() -> None:
+    raw = _raw(user_id="u" * 40)
+    assert _decode(raw).event is not None
+    letter = decode_event(raw, max_bytes=MAX_BYTES, max_future_skew=SKEW, max_id_length=39, now=NOW)
+    assert letter.dead_letter is not None
+    assert (letter.dead_letter.reason, letter.dead_letter.field) == (
+        DeadLetterReason.INVALID_FIELD,
+        "user_id",
+    )
+    assert "limit of 39" in letter.dead_letter.detail
+    item = decode_catalog_item(b'{"item_id": "' + b"i" * 40 + b'"}', max_bytes=MAX_BYTES)
+    assert not isinstance(item, DeadLetter)
+    short = decode_catalog_item(
+        b'{"item_id": "' + b"i" * 40 + b'"}', max_bytes=MAX_BYTES, max_id_length=39
+    )
+    assert isinstance(short, DeadLetter)
+    assert short.field == "item_id"
+
+
+def test_timestamps_before_the_oldest_allowed_are_past() -> None:
+    oldest = datetime(2020, 1, 1, tzinfo=UTC)
+    for stamp, reason in [("2019-12-31T23:59:59Z", "past"), ("2020-01-01T00:00:00Z", None)]:
+        decoded = decode_event(
+            _raw(timestamp=stamp),
+            max_bytes=MAX_BYTES,
+            max_future_skew=SKEW,
+            min_event_time=oldest,
+            now=NOW,
+        )
+        if reason is None:
+            assert decoded.event is not None
+        else:
+            assert decoded.dead_letter is not None
+            assert decoded.dead_letter.reason is DeadLetterReason.PAST_TIMESTAMP
+
+
+# -- duplicate event ids ------------------------------------------------------------------
+
+_WHERE = st.tuples(st.just("events"), st.integers(0, 2), st.integers(0, 30))
+
+
+@settings(max_examples=500, derandomize=True, deadline=None, database=None)
+@given(
+    reads=st.lists(st.tuples(st.sampled_from("abcdefgh"), _WHERE), max_size=60),
+    capacity=st.integers(0, 6),
+)
+def test_recent_event_ids_match_a_reference_window(
+    reads: list[tuple[str, tuple[str, int, int]]], capacity: int
+) -> None:
+    """A repeated id from elsewhere is a duplicate while it is among the last
+    ``capacity`` ids seen; the same id at the same coordinates is a redelivery."""
+    recent = RecentEventIds(capacity)
+    window: dict[str, tuple[str, int, int]] = {}  # insertion order = recency
+    for event_id, where in reads:
+        letter = recent.check(event_id, where)
+        first = window.pop(event_id, None) if capacity else None
+        expected_duplicate = first is not None and first != where
+        assert (letter is not None) == expected_duplicate
+        if letter is not None:
+            assert letter.reason is DeadLetterReason.DUPLICATE
+            assert letter.field == "event_id"
+            assert f"[{first[1]}]@{first[2]}" in letter.detail  # type: ignore[index]
+        if capacity:
+            window[event_id] = first or where
+            while len(window) > capacity:
+                window.pop(next(iter(window)))
+        assert len(recent) <= capacity

@@ -271,6 +271,17 @@ def test_decay_clock_rebase_keeps_relative_order() -> None:
     assert recent / old == 2.0**10
 
 
+def test_decay_clock_survives_a_jump_of_decades() -> None:
+    """A backfill from 2000 then a live event asked for 2**3000 and crashed the worker."""
+    clock = DecayClock(half_life_s=3 * 24 * HOUR)
+    clock.advance(946_684_800.0)  # 2000-01-01
+    factor = clock.advance(1_764_000_000.0)  # 2025-11
+    assert factor is not None
+    assert np.isfinite(np.float32(factor))
+    assert np.float32(1e6) / np.float32(factor) < 1e-29  # old scores end up worth nothing
+    assert clock.weight(1_764_000_000.0) == 1.0
+
+
 # -- TasteModel --------------------------------------------------------------------------
 
 

@@ -81,6 +81,19 @@ def test_every_key_has_the_idle_ttl(store: UserStore) -> None:
     assert 3500 < ttl <= 3600
 
 
+def test_every_write_refreshes_the_idle_ttl(store: UserStore) -> None:
+    """Idle means idle: an active user's state must not expire 90 days after they joined."""
+    store.write([UserWrite(_state("active", 1))])
+    store.client.expire(store.key("active"), 10)  # as if most of the TTL had gone by
+    assert 0 < store.client.ttl(store.key("active")) <= 10
+    assert store.write([UserWrite(_state("active", 2, events=2))]).written == 1
+    assert 3500 < store.client.ttl(store.key("active")) <= 3600
+    store.client.expire(store.key("active"), 10)
+    fresh = _state("active", 3)
+    assert store.write([UserWrite(fresh, erase_first=True)]).written == 1  # after a forget
+    assert 3500 < store.client.ttl(store.key("active")) <= 3600
+
+
 def test_erase_leaves_nothing_of_the_user(store: UserStore) -> None:
     store.write([UserWrite(_state("erase*me", 1)), UserWrite(_state("erase-other", 1))])
     assert store.keys_of("erase*me") == [store.key("erase*me").encode()]

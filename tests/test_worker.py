@@ -127,7 +127,14 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(
     good = [event("bob", "kitchen-1"), event("bob", "kitchen-2")]
     bad = [
         b"{not json",
-        orjson.dumps({"event_id": "e1", "user_id": "bob", "type": "click", "timestamp": 1}),
+        orjson.dumps(
+            {
+                "event_id": "e1",
+                "user_id": "bob",
+                "type": "click",
+                "timestamp": time.time_ns() // 10**6,
+            }
+        ),
         orjson.dumps(event("bob", "kitchen-3", "teleport")),
         b"x" * (settings.max_message_bytes + 1),
     ]

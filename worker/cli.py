@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
         "forget",
         help="erase a user (privacy request): delete their keys, publish a tombstone",
         description="Delete every Redis key of the user and publish a tombstone (null value) "
-        "for them on the recommendations topic, then verify that nothing of theirs is left.",
+        "for them on the recommendations topic, then verify that nothing of theirs is left. "
+        "A forget event is also queued on the events topic, so that events of the user not "
+        "yet processed cannot bring their state back.",
     )
     forget.add_argument("user_id", help="the user to erase")
 
@@ -334,6 +336,13 @@ def _schemas(_settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _forget(settings: Settings, args: argparse.Namespace) -> int:
+    """Erase now, and queue a ``forget`` event behind the user's events still in Kafka.
+
+    Deleting the keys alone races with the workers: an event of the user already in the
+    topic but not yet processed would write their state back after the deletion. The
+    forget event sits in the same partition (key = user id) after every such event, so
+    the worker erases again once it has passed them, and drops what it holds in memory.
+    """
     from worker.state.store import UserStore, connect_redis
     from worker.transport.kafka import make_producer
 
@@ -341,6 +350,11 @@ def _forget(settings: Settings, args: argparse.Namespace) -> int:
     removed = store.erase([args.user_id])
     producer = make_producer(settings)
     producer.produce(settings.recommendations_topic, key=args.user_id.encode(), value=None)
+    request = _forget_event(args.user_id)
+    if request is None:
+        print("not a valid user id for an event: no forget event queued", file=sys.stderr)
+    else:
+        producer.produce(settings.events_topic, key=args.user_id.encode(), value=request)
     left = producer.flush(30)
     remaining = store.keys_of(args.user_id)
     print(f"removed {removed} key(s); tombstone {'NOT ' if left else ''}published")
@@ -348,6 +362,27 @@ def _forget(settings: Settings, args: argparse.Namespace) -> int:
         print(f"still present: {[key.decode() for key in remaining]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _forget_event(user_id: str) -> bytes | None:
+    """A ``forget`` event for the user, or None when the id could never be in an event."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from worker.contract import Event, EventType
+
+    try:
+        request = Event(
+            event_id=f"forget-{uuid.uuid4().hex}",
+            user_id=user_id,
+            type=EventType.FORGET,
+            timestamp=datetime.now(UTC),
+        )
+    except ValidationError:
+        return None
+    return request.model_dump_json(exclude_none=True).encode()
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:

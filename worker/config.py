@@ -8,6 +8,7 @@ line that names the setting (see :class:`ConfigError`).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
+
+from worker.contract.types import MAX_ID_LENGTH
 
 __all__ = ["ENV_PREFIX", "RECOMMENDER_PARTS", "ConfigError", "Settings", "load_settings"]
 
@@ -91,6 +94,22 @@ class Settings(BaseSettings):
         65_536, ge=256, le=10_485_760, description="larger events go to the DLQ as oversize"
     )
     max_future_skew_s: float = Field(600.0, ge=0, description="reject events this far ahead")
+    min_event_time: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="reject events older than this (catches unset and epoch-seconds clocks)",
+    )
+    max_id_length: int = Field(
+        MAX_ID_LENGTH,
+        ge=8,
+        le=MAX_ID_LENGTH,
+        description=f"longest accepted id (the contract's ceiling is {MAX_ID_LENGTH})",
+    )
+    dedup_window: int = Field(
+        50_000,
+        ge=0,
+        le=10_000_000,
+        description="recent event ids remembered to dead-letter duplicates (~0.3 KB each; 0 = off)",
+    )
     outage_timeout_s: float = Field(
         300.0, gt=0, description="stop (uncommitted) when Redis stays away this long"
     )
@@ -188,6 +207,13 @@ class Settings(BaseSettings):
         where the client library would report it far from the setting."""
         if value is not None and not value.is_file():
             raise ValueError("no such file")
+        return value
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone, for example 2000-01-01T00:00:00Z")
         return value
 
     @field_validator("bootstrap_servers")

@@ -23,7 +23,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from worker.config import Settings
-from worker.decode import DeadLetter, decode_catalog_item, decode_event
+from worker.decode import DeadLetter, Decoded, RecentEventIds, decode_catalog_item, decode_event
 from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
 from worker.state.store import StoreUnavailable, UserStore, connect_redis
@@ -86,6 +86,7 @@ class Worker:
         self.catalog: Consumer = make_catalog_consumer(settings)
         self.tracker = DeliveryTracker(self._store_offsets)
         self._skew = timedelta(seconds=settings.max_future_skew_s)
+        self._recent_ids = RecentEventIds(settings.dedup_window)
         self._paused = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -191,11 +192,7 @@ class Worker:
                 continue
             topic, partition, offset = _coordinates(message)
             next_offsets[(topic, partition)] = offset + 1
-            decoded = decode_event(
-                message.value(),
-                max_bytes=self.settings.max_message_bytes,
-                max_future_skew=self._skew,
-            )
+            decoded = self._decode(message.value(), (topic, partition, offset))
             if decoded.event is None:
                 assert decoded.dead_letter is not None
                 letters.append((decoded.dead_letter, message))
@@ -220,6 +217,21 @@ class Worker:
         self.producer.poll(0)
         self._account(len(messages), result, len(letters), outcome.stale, started)
         return len(messages)
+
+    def _decode(self, raw: bytes | None, where: tuple[str, int, int]) -> Decoded:
+        """Validate one message under the configured limits, then drop a repeated event id."""
+        settings = self.settings
+        decoded = decode_event(
+            raw,
+            max_bytes=settings.max_message_bytes,
+            max_future_skew=self._skew,
+            min_event_time=settings.min_event_time,
+            max_id_length=settings.max_id_length,
+        )
+        if decoded.event is None:
+            return decoded
+        duplicate = self._recent_ids.check(decoded.event.event_id, where)
+        return decoded if duplicate is None else Decoded(dead_letter=duplicate)
 
     def _publish(self, batch: PendingBatch, result: BatchResult, sent_at: dict[str, float]) -> None:
         topic = self.settings.recommendations_topic
@@ -347,7 +359,11 @@ class Worker:
                 if key:
                     self.recommender.apply_catalog(key.decode("utf-8", "replace"), None)
                 continue
-            item = decode_catalog_item(value, max_bytes=self.settings.max_message_bytes)
+            item = decode_catalog_item(
+                value,
+                max_bytes=self.settings.max_message_bytes,
+                max_id_length=self.settings.max_id_length,
+            )
             if isinstance(item, DeadLetter):
                 self._dead_letter(None, item, message)
                 continue
@@ -409,8 +425,7 @@ class Worker:
                     raise
                 if not self._paused:
                     log.error("Redis unavailable, pausing consumption: %s", error)
-                    self.consumer.pause(self.consumer.assignment())
-                    self._paused = True
+                    self._pause()
                 self.health.set_ready(False, "redis unreachable")
                 self.metrics.ready.set(0)
                 self.health.beat()
@@ -419,11 +434,22 @@ class Worker:
                 continue
             if self._paused:
                 log.info("Redis is back, resuming consumption")
-                self.consumer.resume(self.consumer.assignment())
-                self._paused = False
+                self._resume()
                 self.health.set_ready(True)
                 self.metrics.ready.set(1)
             return result
+
+    def _pause(self) -> None:
+        """Stop fetching: librdkafka then keeps at most its bounded prefetch queue."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        self._paused = True
+        self.metrics.paused_partitions.set(len(assignment))
+
+    def _resume(self) -> None:
+        self.consumer.resume(self.consumer.assignment())
+        self._paused = False
+        self.metrics.paused_partitions.set(0)
 
     def _idle(self, seconds: float) -> None:
         """Wait while serving the group; a message fetched meanwhile is sought back."""

@@ -74,6 +74,11 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("tailor_ready", "1 when Kafka and Redis are reachable", registry=r)
+        self.paused_partitions = Gauge(
+            "tailor_partitions_paused",
+            "Assigned partitions paused while Redis is away (nothing is fetched for them)",
+            registry=r,
+        )
         self.catalog_items = Gauge(
             "tailor_catalog_items", "Items known from the catalog topic", registry=r
         )

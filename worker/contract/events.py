@@ -19,10 +19,20 @@ from pydantic import (
 
 from worker.contract.types import Identifier, ShortText
 
-__all__ = ["DEFAULT_MAX_FUTURE_SKEW", "SCHEMA_VERSION", "Context", "Event", "EventType"]
+__all__ = [
+    "DEFAULT_MAX_FUTURE_SKEW",
+    "DEFAULT_MIN_EVENT_TIME",
+    "SCHEMA_VERSION",
+    "Context",
+    "Event",
+    "EventType",
+]
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_FUTURE_SKEW = timedelta(minutes=10)
+# Before this an event's clock is broken (unset, or epoch seconds sent as milliseconds,
+# which lands in January 1970); the worker's setting TAILOR_MIN_EVENT_TIME overrides it.
+DEFAULT_MIN_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class EventType(StrEnum):
@@ -94,15 +104,23 @@ class Event(BaseModel):
 
     @field_validator("timestamp")
     @classmethod
-    def _not_in_the_future(cls, value: datetime, info: ValidationInfo) -> datetime:
-        """Reject clocks far ahead: they would pin decayed scores and TTLs in the future."""
+    def _plausible_time(cls, value: datetime, info: ValidationInfo) -> datetime:
+        """Reject clocks far ahead or far behind.
+
+        Far ahead would pin decayed scores and TTLs in the future; far behind (before
+        ``min_event_time``) is almost always an unset clock or epoch seconds sent as
+        milliseconds, and would weigh as nothing while looking like a real interaction.
+        """
         if value.tzinfo is None:
             raise ValueError("timestamp needs a time zone (RFC 3339) or epoch milliseconds")
         options = info.context or {}
         now: datetime = options.get("now") or datetime.now(UTC)
         skew: timedelta = options.get("max_future_skew", DEFAULT_MAX_FUTURE_SKEW)
+        oldest: datetime = options.get("min_event_time", DEFAULT_MIN_EVENT_TIME)
         if value > now + skew:
             raise ValueError(f"timestamp is more than {skew} in the future")
+        if value < oldest:
+            raise ValueError(f"timestamp is in the past, before {oldest.isoformat()}")
         return value
 
     @model_validator(mode="after")

@@ -15,6 +15,10 @@ import numpy.typing as npt
 __all__ = ["DecayClock"]
 
 _MAX_EXPONENT = 40.0  # 2**40 ~ 1e12: rebase well before float32 loses the small scores
+# A jump of years in event time (a backfill, then live events) asks for 2**thousands,
+# which overflows a float. Scores that old are worth nothing next to new weight anyway,
+# so the factor stops at 2**120: it divides them to (about) zero and fits in a float32.
+_MAX_FACTOR_EXPONENT = 120.0
 
 
 class DecayClock:
@@ -36,7 +40,7 @@ class DecayClock:
         if exponent <= _MAX_EXPONENT:
             return None
         self.origin = self.now
-        return math.pow(2.0, exponent)
+        return math.pow(2.0, min(exponent, _MAX_FACTOR_EXPONENT))
 
     def weight(self, t: float) -> float:
         """Scale for weight observed at ``t`` (t <= now gets less than fresher events)."""

@@ -28,6 +28,9 @@ __all__ = [
     "make_producer",
 ]
 
+# Per partition, a bound on what librdkafka fetches ahead of the worker (see make_consumer).
+_PREFETCH_KBYTES = 8192
+
 
 def client_config(settings: Settings) -> dict[str, Any]:
     """Settings shared by every client: brokers, identity and security."""
@@ -60,6 +63,12 @@ def make_consumer(settings: Settings, **callbacks: Callable[..., None]) -> Consu
     Offsets are *stored* by hand only once a batch's outputs are acknowledged, and
     librdkafka commits what was stored in the background (confluent-kafka's canonical
     at-least-once pattern); a short fetch wait keeps event-to-publish latency low.
+
+    The prefetch is bounded: librdkafka's defaults queue up to 64 MB and 100,000
+    messages per partition ahead of the application, fetched in responses of up to
+    50 MB, which is memory a worker holds for nothing while Redis is slow or away. A few
+    batches ahead (at most ``_PREFETCH_KBYTES`` per partition) keeps the pipeline full;
+    ``TAILOR_KAFKA_EXTRA`` can still raise it.
     """
     config = client_config(settings) | {
         "group.id": settings.group_id,
@@ -71,6 +80,9 @@ def make_consumer(settings: Settings, **callbacks: Callable[..., None]) -> Consu
         "statistics.interval.ms": 5000,
         "enable.partition.eof": False,
         "max.poll.interval.ms": 300_000,
+        "queued.min.messages": max(1000, 4 * settings.batch_size),
+        "queued.max.messages.kbytes": _PREFETCH_KBYTES,
+        "fetch.max.bytes": _PREFETCH_KBYTES * 1024,
     }
     config.update(settings.kafka_extra)
     config.update(callbacks)
