@@ -104,7 +104,8 @@ def test_the_curve_has_a_point_per_window_of_scored_events() -> None:
     log = [_event(n, f"u{n % 3}", "a") for n in range(600)]
     [score] = replay(log, [FixedLists({f"u{u}": ["a"] for u in range(3)})], k=1)
     assert 50 <= len(score.curve) <= 101
-    assert all(rate == 1.0 for _, rate in score.curve[1:])
+    assert all(rate == 1.0 for _, rate, _ in score.curve[1:])
+    assert score.curve[-1][2] == pytest.approx(score.hit_rate(1))
     assert score.curve[-1][0] == len(log)
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from worker import __version__
 from worker.config import ConfigError, Settings, load_settings
+from worker.evaluate.command import add_evaluate_parser, evaluate
 
 __all__ = ["main"]
 
@@ -125,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print the defaults as the Markdown table the README carries",
     )
     _bench_parser(commands)
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -468,6 +470,7 @@ _COMMANDS = {
     "forget": _forget,
     "config": _config,
     "bench": _bench,
+    "evaluate": evaluate,
 }
 
 

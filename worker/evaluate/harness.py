@@ -142,7 +142,8 @@ class ModelScore:
     shown: set[str] = field(default_factory=set)
     seconds: float = 0.0
     events: int = 0
-    curve: list[tuple[int, float]] = field(default_factory=list)
+    #: (events replayed, HR@K of the window since the previous point, HR@K so far)
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
     _window_counted: int = 0
     _window_hits: int = 0
 
@@ -180,7 +181,8 @@ class ModelScore:
     def close_window(self, replayed: int) -> None:
         """A point of the HR@K curve: the hit rate since the previous point."""
         if self._window_counted:
-            self.curve.append((replayed, self._window_hits / self._window_counted))
+            window = self._window_hits / self._window_counted
+            self.curve.append((replayed, window, self.hits.get(max(self.ks), 0) / self.counted))
         self._window_counted = self._window_hits = 0
 
 

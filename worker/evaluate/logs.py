@@ -33,8 +33,12 @@ __all__ = [
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
 _FILTER = re.compile(r"^\s*([^!=<>~]+?)\s*(==|!=|>=|<=|>|<|!~|~)\s*(.*)$")
-#: Event time is compared with "now" to reject clocks running ahead; a replay is history.
-_REPLAY_CONTEXT = {"now": datetime(9000, 1, 1, tzinfo=UTC)}
+#: The worker rejects clocks far ahead of "now" or before 2000; a replay is history, of
+#: any age (MovieLens starts in 1997), so neither bound applies.
+_REPLAY_CONTEXT = {
+    "now": datetime(9000, 1, 1, tzinfo=UTC),
+    "min_event_time": datetime(1, 1, 1, tzinfo=UTC),
+}
 
 
 class LogError(ValueError):

@@ -21,7 +21,7 @@ def results_table(
     ks = scores[0].ks if scores else (10, 20)
     columns = [f"HR@{k}" for k in ks] + [f"MRR@{k}" for k in ks] + [f"coverage@{ks[-1]}"]
     table = Table(title=title, title_justify="left")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for column in [*columns, "events/s"]:
         table.add_column(column, justify="right")
     rows = [_quality(score, catalog) for score in scores]
@@ -67,10 +67,10 @@ def write_plot(scores: Sequence[ModelScore], path: Path, title: str) -> None:
     figure, axes = plt.subplots(figsize=(10, 5.5), dpi=120)
     for score in scores:
         if score.curve:
-            xs, ys = zip(*score.curve, strict=True)
-            axes.plot(xs, ys, label=score.name, linewidth=2.2 if score.name == "tailor" else 1.2)
+            xs, _, ys = zip(*score.curve, strict=True)
+            axes.plot(xs, ys, label=score.name, linewidth=2.4 if score.name == "tailor" else 1.2)
     axes.set_xlabel("events replayed")
-    axes.set_ylabel(f"HR@{k} (per window of scored events)")
+    axes.set_ylabel(f"HR@{k} of the scored events so far")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", fontsize="small", ncol=2)

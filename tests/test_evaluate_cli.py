@@ -1,0 +1,117 @@
+"""``tailor evaluate`` as a user runs it: options, outputs, and errors that name the option."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from worker.cli import main
+from worker.config import RECOMMENDER_PARTS
+from worker.evaluate.baselines import DEFAULT_PARAMS
+
+SAMPLE = Path(__file__).parents[1] / "worker" / "sample"
+EVENTS = str(SAMPLE / "events.jsonl.gz")
+CATALOG = str(SAMPLE / "catalog.jsonl.gz")
+
+
+def test_evaluate_writes_the_table_json_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, plot = tmp_path / "results.json", tmp_path / "hr.png"
+    argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "800", "--no-progress"]
+    argv += ["--baselines", "popular,cooccurrence", "--json", str(out), "--plot", str(plot)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for column in ("HR@10", "HR@20", "MRR@10", "MRR@20", "coverage@20", "events/s"):
+        assert column in printed
+    results = json.loads(out.read_text())
+    assert [m["name"] for m in results["models"]] == ["tailor", "popular", "cooccurrence"]
+    assert results["run"]["events"] == 800
+    assert results["run"]["warmup"] == 0.2
+    tailor = results["models"][0]
+    assert 0 < tailor["counted"] < 800
+    assert 0 <= tailor["HR@10"] <= tailor["HR@20"] <= 1
+    assert tailor["curve"]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_same_seed_same_numbers(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.json"
+        argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "500", "--no-progress"]
+        assert main([*argv, "--baselines", "river-mf", "--seed", "3", "--json", str(out)]) == 0
+        runs.append(
+            [
+                {k: v for k, v in m.items() if k != "events_per_s"}
+                for m in json.loads(out.read_text())["models"]
+            ]
+        )
+    assert runs[0] == runs[1]
+
+
+def test_ablation_runs_tailor_with_each_part_off(tmp_path: Path) -> None:
+    out = tmp_path / "ablation.json"
+    argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "300", "--no-progress"]
+    assert main([*argv, "--ablate", "--baselines", "none", "--json", str(out)]) == 0
+    names = [m["name"] for m in json.loads(out.read_text())["models"]]
+    assert names == ["tailor", *(f"tailor -{part}" for part in RECOMMENDER_PARTS)]
+
+
+def test_tune_picks_from_the_grids_on_the_warmup_share_only(tmp_path: Path) -> None:
+    out = tmp_path / "tuned.json"
+    argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "1000", "--no-progress"]
+    assert main([*argv, "--tune", "--baselines", "popular", "--json", str(out)]) == 0
+    best = json.loads(out.read_text())
+    assert set(best) == {"tailor", "popular"}
+    results = tmp_path / "with-params.json"
+    assert (
+        main([*argv, "--baselines", "popular", "--params", str(out), "--json", str(results)]) == 0
+    )
+    used = json.loads(results.read_text())["run"]["baseline_params"]["popular"]
+    assert used == {**DEFAULT_PARAMS["popular"], **best["popular"]}
+
+
+def test_a_retail_csv_with_the_documented_mapping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = ["InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"]
+    for n in range(60):
+        invoice = 536000 + n // 3
+        rows.append(
+            f"{invoice},{100 + (n * 7) % 11},THING {n % 5},{1 + n % 4},"
+            f"2010-12-01 {8 + n // 10:02d}:{n % 60:02d}:00,1.5,{17000 + n % 6}.0,France"
+        )
+    rows.append("C536999,100,THING,-1,2010-12-01 18:00:00,1.5,17000.0,France")
+    path = tmp_path / "retail.csv"
+    path.write_text("\n".join(rows) + "\n")
+    argv = ["evaluate", str(path), "--user", "CustomerID", "--item", "StockCode"]
+    argv += ["--time", "InvoiceDate", "--time-format", "%Y-%m-%d %H:%M:%S"]
+    argv += ["--session", "InvoiceNo", "--title", "Description", "--context", "country=Country"]
+    argv += ["--filter", "CustomerID!=", "--filter", "Quantity>0", "--filter", "InvoiceNo!~^C"]
+    assert main([*argv, "--baselines", "sknn,als", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "60 events from 61 rows, 1 dropped by filters" in printed
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--baselines", "magic"], "--baselines: unknown magic"),
+        (["--item", "StockCode"], "a CSV log needs --time"),
+        (["--item", "x", "--time", "t", "--context", "mood=Mood"], "--context 'mood=Mood'"),
+        (["--item", "x", "--time", "t", "--filter", "Quantity"], "--filter 'Quantity'"),
+    ],
+)
+def test_mistakes_name_the_option(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", EVENTS, *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_log_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(tmp_path / "absent.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,400 @@
+"""``tailor evaluate``: check Tailor against baselines on a log before going live."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from worker.config import RECOMMENDER_PARTS, ConfigError, Settings
+from worker.contract import EventType
+from worker.evaluate.baselines import BASELINE_NAMES, DEFAULT_PARAMS, make_baselines
+from worker.evaluate.harness import Model, ModelScore, StateStore, TailorModel, replay
+from worker.evaluate.logs import CsvMapping, LoadedLog, LogError, RowFilter, load_log
+from worker.evaluate.report import results_json, results_table, write_plot
+from worker.evaluate.tuning import best_params, tune
+
+__all__ = ["add_evaluate_parser", "evaluate"]
+
+_EXAMPLE = """\
+example (the UCI Online Retail log, as published):
+  tailor evaluate online-retail.csv.gz --user CustomerID --item StockCode \\
+      --time InvoiceDate --time-format '%Y-%m-%d %H:%M:%S' --session InvoiceNo \\
+      --title Description --context country=Country \\
+      --filter 'CustomerID!=' --filter 'Quantity>0' --filter 'InvoiceNo!~^C' \\
+      --warmup 0.2 --json results.json --plot hr.png
+"""
+
+
+def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="replay a log through Tailor and baselines, test-then-train (prequential)",
+        description="Replay a time-ordered interaction log through the same recommender core "
+        "that `tailor run` uses, and through baselines, on the same events with the same "
+        "counting: before learning from each event, a hit is counted when its item is in "
+        "the top K of the list the user had (HR@K), with 1/rank for MRR@K. Settings "
+        "(TAILOR_*) shape Tailor exactly as they shape the worker.",
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "log",
+        type=Path,
+        help="JSONL in Tailor's event schema, or CSV (.csv, .tsv, optionally .gz) "
+        "read with the column options below",
+    )
+    parser.add_argument("--catalog", type=Path, help="JSONL catalog in Tailor's catalog schema")
+    csv = parser.add_argument_group("CSV column mapping")
+    csv.add_argument("--user", metavar="COLUMN", help="user id column")
+    csv.add_argument("--item", metavar="COLUMN", help="item id column (makes the log CSV)")
+    csv.add_argument("--time", metavar="COLUMN", help="timestamp column")
+    csv.add_argument(
+        "--time-format",
+        default="iso",
+        help="iso (default), epoch, epoch_ms, or a strptime format (read as UTC)",
+    )
+    csv.add_argument("--type", metavar="COLUMN", help="event type column (view, click, ...)")
+    csv.add_argument(
+        "--default-type",
+        default=EventType.PURCHASE.value,
+        choices=[t.value for t in EventType if t is not EventType.FORGET],
+        help="event type of every row when there is no --type column (default purchase)",
+    )
+    csv.add_argument("--session", metavar="COLUMN", help="session id column (e.g. an invoice)")
+    csv.add_argument(
+        "--session-gap",
+        type=float,
+        metavar="SECONDS",
+        help="without a session column: cut each user's events into sessions at longer gaps",
+    )
+    csv.add_argument("--title", metavar="COLUMN", help="item text column: content features")
+    csv.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="event context from a column: country, device, locale, page or referrer (repeatable)",
+    )
+    csv.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="keep only rows where COLUMN OP VALUE holds, dropping the rest; OP is one of "
+        "== != > >= < <= ~ !~ (regex); repeatable, all must hold",
+    )
+    csv.add_argument("--delimiter", default=",", help="CSV field separator (default ,)")
+    run = parser.add_argument_group("the replay")
+    run.add_argument("--k", type=_positive_int, default=20, help="list length scored (20)")
+    run.add_argument(
+        "--warmup",
+        type=_share,
+        default=0.2,
+        help="leading share of the log replayed to learn from but not scored (default 0.2)",
+    )
+    run.add_argument("--limit", type=_positive_int, help="replay only the first N events")
+    run.add_argument(
+        "--baselines",
+        default=",".join(BASELINE_NAMES),
+        help=f"comma-separated baselines, or none (default {','.join(BASELINE_NAMES)})",
+    )
+    run.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also run Tailor with each part switched off in turn: " + ", ".join(RECOMMENDER_PARTS),
+    )
+    run.add_argument(
+        "--tune",
+        action="store_true",
+        help="instead of the evaluation: try every model's small grid of settings on the "
+        "--warmup share only (never the scored part) and print the best; --json saves "
+        "them for --params",
+    )
+    run.add_argument(
+        "--params",
+        type=Path,
+        metavar="FILE",
+        help="JSON of baseline parameters by name (as --tune --json writes), over the "
+        "tuned defaults; a 'tailor' entry holds TAILOR_* settings in lower case",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        help="largest micro-batch; a batch never holds two events of one user (256)",
+    )
+    run.add_argument("--seed", type=int, help="random seed (default: TAILOR_SEED)")
+    run.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep Tailor's user state in this Redis (under a fresh key prefix, removed "
+        "afterwards) instead of in this process",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+    out.add_argument("--plot", type=Path, metavar="OUT.png", help="plot HR@K over the replay")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    console = Console(stderr=False)
+    try:
+        mapping = _mapping(args)
+        baselines = _baseline_names(args.baselines)
+    except LogError as error:
+        print(f"tailor evaluate: {error}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        settings = settings.with_overrides(seed=args.seed)
+    try:
+        params = _params(args.params)
+        settings = settings.with_overrides(**params.pop("tailor", {}))
+    except (LogError, ConfigError) as error:
+        print(f"tailor evaluate: {error}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        with console.status(f"reading {args.log}"):
+            log = load_log(args.log, mapping, args.catalog, args.limit)
+    except LogError as error:
+        print(f"tailor evaluate: {error}", file=sys.stderr)
+        return 2
+    if not log.events:
+        print(f"tailor evaluate: {args.log}: no events ({_read_summary(log)})", file=sys.stderr)
+        return 2
+    console.print(f"[dim]{_read_summary(log)} in {time.perf_counter() - started:.1f}s[/]")
+    catalog = {e.item_id for e in log.events if e.item_id} | set(log.catalog)
+    if args.tune:
+        return _tune(settings, log, baselines, args, console)
+    with _state_store(settings, args.redis) as store:
+        models: list[Model] = [TailorModel(settings, log.catalog, store)]
+        if args.ablate:
+            models += [
+                TailorModel(
+                    settings.with_overrides(parts_off=[part]),
+                    log.catalog,
+                    name=f"tailor -{part}",
+                )
+                for part in RECOMMENDER_PARTS
+            ]
+        try:
+            models += make_baselines(baselines, params, seed=settings.seed)
+        except ValueError as error:
+            print(f"tailor evaluate: --params: {error}", file=sys.stderr)
+            return 2
+        scores = _replay(log, models, args)
+    title = (
+        f"{args.log.name}: {len(log.events):,} events, {len(catalog):,} items, "
+        f"scored after the first {args.warmup:.0%}"
+    )
+    console.print(results_table(scores, catalog, title, baseline_of="tailor"))
+    if args.json is not None:
+        record = _run_record(args, settings, log, params)
+        args.json.write_bytes(results_json(scores, catalog, record))
+        console.print(f"figures written to {args.json}")
+    if args.plot is not None:
+        write_plot(scores, args.plot, title)
+        console.print(f"plot written to {args.plot}")
+    return 0
+
+
+def _replay(log: LoadedLog, models: Sequence[Model], args: argparse.Namespace) -> list[ModelScore]:
+    with _progress(len(log.events), args.no_progress) as advance:
+        return replay(
+            log.events,
+            models,
+            k=args.k,
+            warmup=args.warmup,
+            batch_size=args.batch_size,
+            on_progress=advance,
+        )
+
+
+def _tune(
+    settings: Settings,
+    log: LoadedLog,
+    baselines: Sequence[str],
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    """Grid search on the warm-up share; prints every point and the winners."""
+    share = args.warmup or 0.2
+    events = log.events[: max(1, int(len(log.events) * share))]
+    console.print(f"tuning on the first {share:.0%} of the log: {len(events):,} events")
+    with _progress(len(events), args.no_progress) as advance:
+        points = tune(
+            events,
+            settings,
+            log.catalog,
+            baselines,
+            k=args.k,
+            batch_size=args.batch_size,
+            on_progress=advance,
+        )
+    catalog = {e.item_id for e in events if e.item_id} | set(log.catalog)
+    scores = [point.score for point in points]
+    for point in points:
+        point.score.name = point.label
+    console.print(results_table(scores, catalog, f"grid on the first {share:.0%}"))
+    best = best_params(points, args.k)
+    console.print_json(data=best)
+    if args.json is not None:
+        args.json.write_text(json.dumps(best, indent=2) + "\n")
+        console.print(f"best parameters written to {args.json} (use with --params)")
+    return 0
+
+
+@contextmanager
+def _progress(total: int, disabled: bool) -> Iterator[Callable[[int], None]]:
+    columns = (
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=disabled, transient=True) as progress:
+        task = progress.add_task("replay", total=total)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def _params(path: Path | None) -> dict[str, dict[str, Any]]:
+    """Tuned defaults, overridden by the file's entries (a JSON object by model name)."""
+    params: dict[str, dict[str, Any]] = {name: dict(p) for name, p in DEFAULT_PARAMS.items()}
+    if path is None:
+        return params
+    try:
+        given = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise LogError(f"--params {path}: {error}") from None
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        raise LogError(f"--params {path}: expected a JSON object of objects by model name")
+    for name, values in given.items():
+        params[name] = {**params.get(name, {}), **values}
+    return params
+
+
+@contextmanager
+def _state_store(settings: Settings, url: str | None) -> Iterator[StateStore | None]:
+    """Redis when asked (the worker's own :class:`UserStore`), else in-process state."""
+    if url is None:
+        yield None
+        return
+    from worker.state.store import UserStore, connect_redis
+
+    try:
+        namespaced = settings.with_overrides(
+            redis_url=url, redis_key_prefix=f"{settings.redis_key_prefix}:evaluate:{time.time_ns()}"
+        )
+    except ConfigError as error:
+        raise LogError(f"--redis {url}: {error}") from None
+    client = connect_redis(namespaced)
+    store = UserStore(client, namespaced)
+    try:
+        yield store
+    finally:
+        keys = list(client.scan_iter(match=f"{namespaced.redis_key_prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+        client.close()
+
+
+def _mapping(args: argparse.Namespace) -> CsvMapping | None:
+    is_csv = args.item is not None or any(
+        suffix in {".csv", ".tsv"} for suffix in args.log.suffixes
+    )
+    if not is_csv:
+        return None
+    missing = [name for name in ("item", "time") if getattr(args, name) is None]
+    if missing:
+        raise LogError("a CSV log needs " + " and ".join(f"--{name}" for name in missing))
+    context = {}
+    for pair in args.context:
+        name, _, column = pair.partition("=")
+        if name not in {"country", "device", "locale", "page", "referrer"} or not column:
+            raise LogError(
+                f"--context {pair!r}: expected FIELD=COLUMN with FIELD one of country, "
+                "device, locale, page, referrer"
+            )
+        context[name] = column
+    delimiter = "\t" if args.delimiter == "\\t" else args.delimiter
+    return CsvMapping(
+        item=args.item,
+        time=args.time,
+        user=args.user,
+        session=args.session,
+        type=args.type,
+        default_type=EventType(args.default_type),
+        time_format=args.time_format,
+        delimiter=delimiter,
+        filters=tuple(RowFilter.parse(text) for text in args.filter),
+        session_gap_s=args.session_gap,
+        context=context,
+        title=args.title,
+    )
+
+
+def _baseline_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [name for name in names if name not in BASELINE_NAMES]
+    if unknown:
+        raise LogError(
+            f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINE_NAMES)}"
+        )
+    return names
+
+
+def _read_summary(log: LoadedLog) -> str:
+    parts = [f"{len(log.events):,} events from {log.rows_read:,} rows"]
+    if log.rows_dropped:
+        parts.append(f"{log.rows_dropped:,} dropped by filters")
+    if log.rows_invalid:
+        parts.append(f"{log.rows_invalid:,} unreadable (first: {log.first_error})")
+    return ", ".join(parts)
+
+
+def _run_record(
+    args: argparse.Namespace,
+    settings: Settings,
+    log: LoadedLog,
+    params: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "log": str(args.log),
+        "events": len(log.events),
+        "k": args.k,
+        "warmup": args.warmup,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "seed": settings.seed,
+        "command": " ".join(sys.argv),
+        "baseline_params": {name: params.get(name, {}) for name in BASELINE_NAMES},
+        "tailor_settings_changed": settings.model_dump(
+            mode="json", exclude_defaults=True, exclude={"kafka_sasl_password", "redis_password"}
+        ),
+    }
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
