@@ -137,16 +137,33 @@ class Settings(BaseSettings):
     # Recommender
     top_k: int = Field(20, ge=1, le=500, description="items per published list")
     recent_window: int = Field(30, ge=1, le=1000, description="recent items kept per user")
-    covis_neighbours: int = Field(64, ge=2, le=1000, description="top-M co-visitation per item")
+    covis_neighbours: int = Field(
+        256, ge=2, le=1000, description="top-M co-visitation per item (8 bytes per slot)"
+    )
     content_neighbours: int = Field(
         10, ge=1, le=1000, description="top-M catalog-text neighbours kept per item"
     )
-    covis_recent: int = Field(5, ge=1, le=100, description="recent items that pull neighbours")
+    covis_per_anchor: int = Field(
+        20, ge=1, le=1000, description="co-visitation candidates taken per recent item"
+    )
+    covis_recent: int = Field(3, ge=1, le=100, description="recent items that pull neighbours")
+    covis_anchor_decay: float = Field(
+        0.3, gt=0, le=1, description="weight of each older anchor relative to the next newer"
+    )
+    covis_window: int = Field(
+        20, ge=1, le=1000, description="recent items a new item is paired with (co-visits)"
+    )
+    covis_half_life_s: float = Field(
+        30 * 24 * 3600.0, gt=0, description="event-time half-life of co-visit counts"
+    )
+    covis_session_gap_s: float = Field(
+        3600.0, gt=0, description="co-visits only within a session: a longer gap starts anew"
+    )
     vector_dim: int = Field(32, ge=2, le=512, description="taste vector dimensions")
     learning_rate: float = Field(0.05, gt=0, le=1, description="taste vector step size")
     regularization: float = Field(0.002, ge=0, le=1, description="taste vector L2")
     trending_half_life_s: float = Field(
-        3 * 24 * 3600.0, gt=0, description="event-time half-life of popularity and co-visits"
+        3 * 24 * 3600.0, gt=0, description="event-time half-life of popularity (trending)"
     )
     segment_half_life_events: int = Field(
         10_000, ge=10, description="events after which a segment's counts weigh half"
@@ -170,7 +187,7 @@ class Settings(BaseSettings):
         1_000_000,
         ge=10,
         le=100_000_000,
-        description="bound on items the models track (~0.7 KB each)",
+        description="bound on items the models track (~2.3 KB each with the defaults)",
     )
     parts_off: list[RecommenderPart] = Field(
         default_factory=list,

@@ -35,7 +35,6 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-_COVIS_PER_ANCHOR = 20
 _TASTE_CANDIDATES = 50
 _CATEGORY_CANDIDATES = 20
 _CATEGORIES_PER_USER = 3
@@ -130,9 +129,11 @@ def gather_candidates(
     neighbours, weights = rec.covis.neighbours_of(anchors.ravel())
     neighbours = neighbours.reshape(users, anchors.shape[1], -1)
     weights = weights.reshape(users, anchors.shape[1], -1)
-    weights /= (1.0 + np.arange(anchors.shape[1], dtype=np.float64))[None, :, None]
-    if neighbours.shape[2] > _COVIS_PER_ANCHOR:
-        keep = np.argpartition(-weights, _COVIS_PER_ANCHOR - 1, axis=2)[..., :_COVIS_PER_ANCHOR]
+    recency = settings.covis_anchor_decay ** np.arange(anchors.shape[1], dtype=np.float64)
+    weights *= recency[None, :, None]
+    per_anchor = settings.covis_per_anchor
+    if neighbours.shape[2] > per_anchor:
+        keep = np.argpartition(-weights, per_anchor - 1, axis=2)[..., :per_anchor]
         neighbours = np.take_along_axis(neighbours, keep, axis=2)
         weights = np.take_along_axis(weights, keep, axis=2)
     covis_anchor = np.broadcast_to(anchors[:, :, None], neighbours.shape).reshape(users, -1)
@@ -154,7 +155,7 @@ def gather_candidates(
     similar, similarity = rec.content.neighbours_of(anchors.ravel())
     similar_anchor = np.repeat(anchors.ravel(), similar.shape[1]).reshape(users, -1)
     similarity = similarity.reshape(users, anchors.shape[1], -1)
-    similarity /= (1.0 + np.arange(anchors.shape[1], dtype=np.float64))[None, :, None]
+    similarity *= recency[None, :, None]
     similar = similar.reshape(users, -1)
     similarity = similarity.reshape(users, -1)
 
