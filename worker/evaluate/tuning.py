@@ -23,10 +23,12 @@ __all__ = ["TAILOR_GRID", "GridPoint", "tune"]
 #: Tailor's grid: settings a shop would try first (each point overrides TAILOR_* settings).
 TAILOR_GRID: list[dict[str, object]] = [
     {},
+    {"covis_neighbours": 64},
+    {"covis_neighbours": 128},
+    {"covis_half_life_s": 3 * 24 * 3600.0},
+    {"covis_session_gap_s": 1e9},  # pair across sessions too
+    {"covis_recent": 2},
     {"just_bought_window_s": 3600.0},
-    {"covis_recent": 10},
-    {"trending_half_life_s": 86400.0},
-    {"recent_window": 60},
 ]
 
 #: Share of the tuning slice replayed before scoring starts.
