@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         20, ge=1, le=1000, description="recent items a new item is paired with (co-visits)"
     )
     covis_half_life_s: float = Field(
-        30 * 24 * 3600.0, gt=0, description="event-time half-life of co-visit counts"
+        365 * 24 * 3600.0, gt=0, description="event-time half-life of co-visit counts"
     )
     covis_session_gap_s: float = Field(
         3600.0, gt=0, description="co-visits only within a session: a longer gap starts anew"
@@ -170,10 +170,12 @@ class Settings(BaseSettings):
     )
     trending_pool: int = Field(100, ge=1, le=100_000, description="trending candidates per user")
     taste_pool: int = Field(2000, ge=0, le=1_000_000, description="items the taste search scans")
-    explore_share: float = Field(0.05, ge=0, lt=1, description="share of slots that explore")
+    explore_share: float = Field(0.02, ge=0, lt=1, description="share of slots that explore")
     max_per_category: int = Field(0, ge=0, description="0 = no diversity cap")
     just_bought_window_s: float = Field(
-        0.0, ge=0, description="hide items bought this recently (0 = off: shops with reorders)"
+        3600.0,
+        ge=0,
+        description="hide items bought this recently: the basket just paid for (0 = off)",
     )
     deny_categories: list[str] = Field(
         default_factory=list, description="categories never recommended (JSON list)"
