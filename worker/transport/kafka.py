@@ -101,7 +101,9 @@ def make_catalog_consumer(settings: Settings) -> Consumer:
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 100,
     }
-    config.update(settings.kafka_extra)
+    # Group membership settings belong to the events consumer alone: a catalog reader
+    # sharing its static group.instance.id could fence it.
+    config.pop("group.instance.id", None)
     return Consumer(config)
 
 
