@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -378,7 +379,7 @@ def _run_record(
         "limit": args.limit,
         "batch_size": args.batch_size,
         "seed": settings.seed,
-        "command": " ".join(sys.argv),
+        "command": shlex.join(["tailor", *sys.argv[1:]]),
         "baseline_params": {name: params.get(name, {}) for name in BASELINE_NAMES},
         "tailor_settings_changed": settings.model_dump(
             mode="json", exclude_defaults=True, exclude={"kafka_sasl_password", "redis_password"}
