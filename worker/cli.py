@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worker import __version__
+from worker.argtypes import positive_float, positive_int, share
 from worker.config import ConfigError, Settings, load_settings
 from worker.evaluate.command import add_evaluate_parser, evaluate
 
@@ -144,20 +145,20 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument(
-        "--items", type=_positive_int, default=100_000, help="catalog items (default 100000)"
+        "--items", type=positive_int, default=100_000, help="catalog items (default 100000)"
     )
     shared.add_argument(
         "--categories",
-        type=_positive_int,
+        type=positive_int,
         default=500,
         help="leaf categories the items fall into (default 500)",
     )
     shared.add_argument(
-        "--users", type=_positive_int, default=50_000, help="distinct users (default 50000)"
+        "--users", type=positive_int, default=50_000, help="distinct users (default 50000)"
     )
     shared.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="events per micro-batch (default TAILOR_BATCH_SIZE)",
     )
@@ -183,13 +184,13 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     core.add_argument(
         "--events",
-        type=_positive_int,
+        type=positive_int,
         default=50_000,
         help="events played, the --warmup share of them first and untimed (default 50000)",
     )
     core.add_argument(
         "--warmup",
-        type=_share,
+        type=share,
         default=0.2,
         metavar="SHARE",
         help="share of --events processed first and not timed (default 0.2)",
@@ -209,13 +210,13 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     worker.add_argument(
         "--events",
-        type=_positive_int,
+        type=positive_int,
         default=50_000,
         help="events of the timed drain phase (default 50000)",
     )
     worker.add_argument(
         "--warmup",
-        type=_share,
+        type=share,
         default=0.2,
         metavar="SHARE",
         help="this share of --events is played before the drain, untimed, so that the "
@@ -223,27 +224,27 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     worker.add_argument(
         "--latency-events",
-        type=_positive_int,
+        type=positive_int,
         default=5_000,
         metavar="N",
         help="events sent in the paced latency phase (default 5000)",
     )
     worker.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=1000.0,
         metavar="PER_S",
         help="events per second in the latency phase (default 1000)",
     )
     worker.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="partitions of the events and recommendations topics (default 4)",
     )
     worker.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=600.0,
         metavar="SECONDS",
         help="give up when one phase (catalog load, drain, last lists) takes longer (default 600)",
@@ -253,27 +254,6 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         action="store_true",
         help="keep the topics, consumer group and Redis keys the benchmark made",
     )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
-    return value
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from worker.argtypes import positive_int, share
 from worker.config import RECOMMENDER_PARTS, ConfigError, Settings
 from worker.contract import EventType
 from worker.evaluate.baselines import BASELINE_NAMES, DEFAULT_PARAMS, make_baselines
@@ -95,14 +96,14 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     csv.add_argument("--delimiter", default=",", help="CSV field separator (default ,)")
     run = parser.add_argument_group("the replay")
-    run.add_argument("--k", type=_positive_int, default=20, help="list length scored (20)")
+    run.add_argument("--k", type=positive_int, default=20, help="list length scored (20)")
     run.add_argument(
         "--warmup",
-        type=_share,
+        type=share,
         default=0.2,
         help="leading share of the log replayed to learn from but not scored (default 0.2)",
     )
-    run.add_argument("--limit", type=_positive_int, help="replay only the first N events")
+    run.add_argument("--limit", type=positive_int, help="replay only the first N events")
     run.add_argument(
         "--baselines",
         default=",".join(BASELINE_NAMES),
@@ -129,7 +130,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     run.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         help="largest micro-batch; a batch never holds two events of one user (256)",
     )
@@ -385,17 +386,3 @@ def _run_record(
             mode="json", exclude_defaults=True, exclude={"kafka_sasl_password", "redis_password"}
         ),
     }
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
-    return value
