@@ -73,6 +73,18 @@ def test_hits_ranks_and_coverage_match_a_hand_count() -> None:
     assert score.events == len(HAND_LOG)
 
 
+def test_cold_events_are_those_of_users_with_few_earlier_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("worker.evaluate.harness.COLD_EVENTS", 2)
+    model = FixedLists({"u1": ["b", "c", "x"], "u2": ["a", "z", "y"]})
+    [score] = replay(HAND_LOG, [model], k=2)
+    # Scored with fewer than 2 earlier events of the user: event 1 (u1's 2nd, a hit) and
+    # event 4 (u2's 2nd, a hit); events 3 and 5 are the users' 3rd.
+    assert (score.cold_counted, score.cold_hits) == (2, 2)
+    assert score.cold_hit_rate == pytest.approx(1.0)
+
+
 def test_warmup_events_teach_but_are_not_scored() -> None:
     model = FixedLists({"u1": ["b", "c"], "u2": ["a", "z"]})
     [score] = replay(HAND_LOG, [model], k=2, warmup=0.5)  # the first 3 events

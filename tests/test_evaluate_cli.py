@@ -24,7 +24,7 @@ def test_evaluate_writes_the_table_json_and_plot(
     argv += ["--baselines", "popular,cooccurrence", "--json", str(out), "--plot", str(plot)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    for column in ("HR@10", "HR@20", "MRR@10", "MRR@20", "coverage@20", "events/s"):
+    for column in ("HR@10", "HR@20", "MRR@10", "MRR@20", "cold@20", "coverage@20", "events/s"):
         assert column in printed
     results = json.loads(out.read_text())
     assert [m["name"] for m in results["models"]] == ["tailor", "popular", "cooccurrence"]
@@ -52,12 +52,18 @@ def test_same_seed_same_numbers(tmp_path: Path) -> None:
     assert runs[0] == runs[1]
 
 
-def test_ablation_runs_tailor_with_each_part_off(tmp_path: Path) -> None:
+def test_ablation_runs_tailor_with_each_part_toggled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAILOR_PARTS_OFF", '["explore"]')  # and taste on, unlike the default
     out = tmp_path / "ablation.json"
     argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "300", "--no-progress"]
     assert main([*argv, "--ablate", "--baselines", "none", "--json", str(out)]) == 0
     names = [m["name"] for m in json.loads(out.read_text())["models"]]
-    assert names == ["tailor", *(f"tailor -{part}" for part in RECOMMENDER_PARTS)]
+    toggled = [f"tailor {'+' if part == 'explore' else '-'}{part}" for part in RECOMMENDER_PARTS]
+    assert names == ["tailor", *toggled]
+    parts_off = json.loads(out.read_text())["run"]["tailor_settings_changed"]
+    assert parts_off == {"parts_off": ["explore"]}
 
 
 def test_tune_picks_from_the_grids_on_the_warmup_share_only(tmp_path: Path) -> None:

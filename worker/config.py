@@ -31,6 +31,8 @@ ENV_PREFIX = "TAILOR_"
 RecommenderPart = Literal[
     "covis", "taste", "trending", "segment", "content", "repeat", "ranker", "explore"
 ]
+#: Taste vectors added nothing on the Online Retail log (BENCHMARKS.md, ablation).
+DEFAULT_PARTS_OFF: tuple[RecommenderPart, ...] = ("taste",)
 RECOMMENDER_PARTS: tuple[RecommenderPart, ...] = (
     "covis",
     "taste",
@@ -192,8 +194,9 @@ class Settings(BaseSettings):
         description="bound on items the models track (~2.3 KB each with the defaults)",
     )
     parts_off: list[RecommenderPart] = Field(
-        default_factory=list,
-        description="recommender parts switched off (JSON list; for ablation, see evaluate)",
+        default_factory=lambda: list(DEFAULT_PARTS_OFF),
+        description="recommender parts switched off (JSON list; [] = all on; see evaluate "
+        "--ablate)",
     )
     seed: int = Field(7, description="random seed: same seed, same lists")
 

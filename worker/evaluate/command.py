@@ -147,8 +147,12 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+_TABLE_WIDTH = 130
+
+
 def evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    console = Console(stderr=False)
+    # Piped to a file or a CI log, rich would assume 80 columns and fold the table.
+    console = Console() if sys.stdout.isatty() else Console(width=_TABLE_WIDTH)
     try:
         mapping = _mapping(args)
         baselines = _baseline_names(args.baselines)
@@ -181,12 +185,8 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
         models: list[Model] = [TailorModel(settings, log.catalog, store)]
         if args.ablate:
             models += [
-                TailorModel(
-                    settings.with_overrides(parts_off=[part]),
-                    log.catalog,
-                    name=f"tailor -{part}",
-                )
-                for part in RECOMMENDER_PARTS
+                TailorModel(toggled, log.catalog, name=name)
+                for name, toggled in ablation_settings(settings)
             ]
         try:
             models += make_baselines(baselines, params, seed=settings.seed)
@@ -207,6 +207,18 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
         write_plot(scores, args.plot, title)
         console.print(f"plot written to {args.plot}")
     return 0
+
+
+def ablation_settings(settings: Settings) -> list[tuple[str, Settings]]:
+    """Every part toggled in turn: ``tailor -covis`` off, ``tailor +taste`` on (if off)."""
+    toggled: list[tuple[str, Settings]] = []
+    for part in RECOMMENDER_PARTS:
+        if settings.part_on(part):
+            name, parts_off = f"tailor -{part}", [*settings.parts_off, part]
+        else:
+            name, parts_off = f"tailor +{part}", [p for p in settings.parts_off if p != part]
+        toggled.append((name, settings.with_overrides(parts_off=parts_off)))
+    return toggled
 
 
 def _replay(log: LoadedLog, models: Sequence[Model], args: argparse.Namespace) -> list[ModelScore]:

@@ -33,6 +33,9 @@ __all__ = [
 
 #: Points on each model's HR curve (what ``--plot`` draws).
 CURVE_POINTS = 100
+#: An event is "cold" when its user had fewer earlier events than this: what a new
+#: customer sees, where trending and segments have to stand in for a missing history.
+COLD_EVENTS = 5
 
 
 class Model(Protocol):
@@ -144,6 +147,8 @@ class ModelScore:
     events: int = 0
     #: (events replayed, HR@K of the window since the previous point, HR@K so far)
     curve: list[tuple[int, float, float]] = field(default_factory=list)
+    cold_counted: int = 0
+    cold_hits: int = 0  # at the largest K
     _window_counted: int = 0
     _window_hits: int = 0
 
@@ -153,6 +158,11 @@ class ModelScore:
     def mrr(self, k: int) -> float:
         return self.reciprocal_ranks.get(k, 0.0) / self.counted if self.counted else 0.0
 
+    @property
+    def cold_hit_rate(self) -> float:
+        """HR at the largest K over cold events only (see :data:`COLD_EVENTS`)."""
+        return self.cold_hits / self.cold_counted if self.cold_counted else 0.0
+
     def coverage(self, catalog: set[str]) -> float:
         """Share of the catalog that appeared in a scored list (unknown items do not count)."""
         return len(self.shown & catalog) / len(catalog) if catalog else 0.0
@@ -161,16 +171,18 @@ class ModelScore:
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
-    def count(self, item_id: str, shown: Sequence[str]) -> None:
+    def count(self, item_id: str, shown: Sequence[str], cold: bool = False) -> None:
         """Score one event against the list the user had before it."""
         self.counted += 1
         self._window_counted += 1
+        self.cold_counted += cold
         top = max(self.ks)
         self.shown.update(shown[:top])
         try:
             rank = shown.index(item_id, 0, top) + 1
         except ValueError:
             return
+        self.cold_hits += cold
         for k in self.ks:
             if rank <= k:
                 self.hits[k] = self.hits.get(k, 0) + 1
@@ -201,15 +213,22 @@ def replay(
     scored_from = int(len(events) * warmup)
     window = max(1, (len(events) - scored_from) // CURVE_POINTS)
     replayed = 0
+    history: dict[str, int] = {}  # events seen per user, for the cold-start figure
     for batch in micro_batches(events, batch_size):
         latest = list({event.user_id: event for event in batch}.values())
+        cold = [history.get(event.user_id, 0) < COLD_EVENTS for event in batch]
+        for event in batch:
+            if event.type is EventType.FORGET:
+                history.pop(event.user_id, None)  # a forgotten user starts cold again
+            else:
+                history[event.user_id] = history.get(event.user_id, 0) + 1
         for model, score, shown in zip(models, scores, lists, strict=True):
             for position, event in enumerate(batch, start=replayed):
                 if position < scored_from or event.item_id is None or event_weight(event) <= 0:
                     continue
                 previous = shown.get(event.user_id)
                 if previous is not None:
-                    score.count(event.item_id, previous)
+                    score.count(event.item_id, previous, cold[position - replayed])
             started = time.perf_counter()
             model.learn(batch)
             refreshed = model.recommend(latest, k)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from rich.table import Table
 
-from worker.evaluate.harness import ModelScore
+from worker.evaluate.harness import COLD_EVENTS, ModelScore
 
 __all__ = ["results_json", "results_table", "write_plot"]
 
@@ -19,8 +19,13 @@ def results_table(
 ) -> Table:
     """One row per model, the best value of each quality column in bold."""
     ks = scores[0].ks if scores else (10, 20)
-    columns = [f"HR@{k}" for k in ks] + [f"MRR@{k}" for k in ks] + [f"coverage@{ks[-1]}"]
-    table = Table(title=title, title_justify="left")
+    columns = [f"HR@{k}" for k in ks] + [f"MRR@{k}" for k in ks]
+    columns += [f"cold@{ks[-1]}", f"coverage@{ks[-1]}"]
+    caption = (
+        f"cold@{ks[-1]}: HR@{ks[-1]} on the events of users with fewer than "
+        f"{COLD_EVENTS} earlier events"
+    )
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("model", no_wrap=True)
     for column in [*columns, "events/s"]:
         table.add_column(column, justify="right")
@@ -83,5 +88,6 @@ def _quality(score: ModelScore, catalog: set[str]) -> dict[str, float]:
     ks = score.ks
     figures = {f"HR@{k}": score.hit_rate(k) for k in ks}
     figures |= {f"MRR@{k}": score.mrr(k) for k in ks}
+    figures[f"cold@{ks[-1]}"] = score.cold_hit_rate
     figures[f"coverage@{ks[-1]}"] = score.coverage(catalog)
     return {name: round(value, 6) for name, value in figures.items()}

@@ -30,9 +30,11 @@ FEATURES: tuple[str, ...] = (
     "weekend",  # context: popularity x weekend
     "mobile",  # context: segment popularity x mobile device
     "similar",  # catalog text reads like one of the user's recent items (content-based)
+    "covis_share",  # covis as a share of the user's strongest: the order co-occurrence gives
+    "covis_last",  # co-visitation with the user's very latest item alone
 )
 
-_PRIOR = np.array([1.0, 0.5, 0.25, 0.25, 0.3, 0.6, 0.0, 0.0, 0.0, 0.5])
+_PRIOR = np.array([1.0, 0.5, 0.25, 0.25, 0.3, 0.6, 0.0, 0.0, 0.0, 0.5, 1.0, 0.5])
 
 
 class Ranker:

@@ -39,11 +39,10 @@ _TASTE_CANDIDATES = 50
 _CATEGORY_CANDIDATES = 20
 _CATEGORIES_PER_USER = 3
 _REPEAT_DECAY = 0.9
-_TASTE_SCALE = 10.0
 _NO_ROW = -1
 #: Feature columns (ranker.FEATURES order) that belong to each part: off means not used.
 _FEATURES_OF: dict[RecommenderPart, list[int]] = {
-    "covis": [0],
+    "covis": [0, 10, 11],
     "taste": [1],
     "trending": [2, 6, 7],
     "segment": [3, 8],
@@ -137,8 +136,11 @@ def gather_candidates(
         neighbours = np.take_along_axis(neighbours, keep, axis=2)
         weights = np.take_along_axis(weights, keep, axis=2)
     covis_anchor = np.broadcast_to(anchors[:, :, None], neighbours.shape).reshape(users, -1)
+    latest: FloatArray = np.zeros(neighbours.shape)
+    latest[:, 0] = 1.0  # anchor 0 is the user's newest distinct item
     neighbours = neighbours.reshape(users, -1)
     weights = weights.reshape(users, -1)
+    latest = latest.reshape(users, -1)
 
     pool = rec.trending.top()
     trending = np.broadcast_to(
@@ -149,7 +151,11 @@ def gather_candidates(
         for key in context.segments:
             members.setdefault(key, []).append(slot)
     segment_rows = _segment_candidates(rec, contexts, members)
-    taste = _taste_search(rec, vectors, pool[: settings.taste_pool])
+    taste = (
+        _taste_search(rec, vectors, pool[: settings.taste_pool])
+        if settings.part_on("taste")
+        else np.zeros((users, 0), dtype=np.int64)
+    )
     anchor_categories = _anchor_categories(rec, anchors)
     category = _category_candidates(rec, anchor_categories)
     similar, similarity = rec.content.neighbours_of(anchors.ravel())
@@ -179,16 +185,22 @@ def gather_candidates(
     user_of = np.repeat(np.arange(users), neighbours.shape[1])
     position = _find(rows, user_of, neighbours.ravel())
     hit = position >= 0
-    covis = np.zeros(rows.size)
-    np.add.at(covis, position[hit], weights.ravel()[hit])
+    summed = np.zeros(rows.size)
+    np.add.at(summed, position[hit], weights.ravel()[hit])
+    covis_last = np.zeros(rows.size)
+    np.add.at(covis_last, position[hit], (weights * latest).ravel()[hit])
     order = np.argsort(weights.ravel()[hit], kind="stable")  # strongest written last wins
     found_anchors[position[hit][order]] = covis_anchor.ravel()[hit][order]
-    features[..., 0] = np.log1p(covis).reshape(rows.shape)
+    covis = summed.reshape(rows.shape)
+    features[..., 0] = np.log1p(covis)
+    strongest = covis.max(axis=1, keepdims=True)
+    features[..., 10] = covis / np.where(strongest > 0, strongest, 1.0)
+    features[..., 11] = np.log1p(covis_last).reshape(rows.shape)
 
     safe_rows = np.where(valid, rows, 0)
-    rec.taste.ensure(int(rows.max(initial=0)) + 1)
-    item_vectors = rec.taste.vectors[safe_rows]
-    features[..., 1] = _TASTE_SCALE * np.einsum("uld,ud->ul", item_vectors, vectors)
+    if settings.part_on("taste"):
+        rec.taste.ensure(int(rows.max(initial=0)) + 1)
+        features[..., 1] = _cosine(rec.taste.vectors[safe_rows], vectors)
     popularity = rec.trending.normalised(safe_rows.ravel()).reshape(rows.shape)
     features[..., 2] = popularity
     segment = np.zeros(rows.shape)
@@ -227,6 +239,18 @@ def gather_candidates(
         anchor_categories,
         recent,
     )
+
+
+def _cosine(items: npt.NDArray[np.float32], users: npt.NDArray[np.float32]) -> FloatArray:
+    """Cosine of each candidate's vector with its user's: bounded, whatever the norms.
+
+    A raw dot product grows with the vectors' norms as training goes on, so its weight in
+    the ranker would have to shrink for ever; the cosine keeps one scale all year.
+    """
+    dots = np.einsum("uld,ud->ul", items, users)
+    norms = np.linalg.norm(items, axis=2) * np.linalg.norm(users, axis=1)[:, None]
+    cosine: FloatArray = dots / np.maximum(norms, 1e-12)
+    return cosine
 
 
 def _strongest_link(

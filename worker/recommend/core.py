@@ -262,6 +262,8 @@ class Recommender:
             np.array(pairs[2]),
             np.array(pairs[3]),
         )
+        if not self.settings.part_on("taste"):
+            return  # user vectors stay where they started: no cost for an unused part
         negatives = self._sample_negatives(row_array.size)
         liked = weight_array > 0
         self.taste.learn(

@@ -131,7 +131,12 @@ def _reasons(
     for part in range(2):
         feature = codes[:, part]
         details[:, part] = np.select(
-            [feature == 0, np.isin(feature, (1, 4)), np.isin(feature, (3, 8)), feature == 9],
+            [
+                np.isin(feature, (0, 10, 11)),
+                np.isin(feature, (1, 4)),
+                np.isin(feature, (3, 8)),
+                feature == 9,
+            ],
             [anchors, categories, user_country[users], similar_to],
             0,
         )
@@ -144,7 +149,7 @@ def _reasons(
 def _pack(codes: IntArray, details: IntArray) -> IntArray:
     """One int64 per (feature, detail, feature, detail).
 
-    4 bits per feature code (-1..8) and 27 bits per detail (item rows, category or
+    4 bits per feature code (-1..14) and 27 bits per detail (item rows, category or
     country ids: ``max_items`` is at most 100M < 2**27).
     """
     keys = (codes[:, 0] + 1) << 58 | (details[:, 0] + 1) << 31 | (codes[:, 1] + 1) << 27
@@ -234,7 +239,7 @@ class _ReasonTexts:
 
     def say(self, feature: int, detail: int) -> str | None:
         rec = self.rec
-        if feature == 0:
+        if feature in (0, 10, 11):
             if detail < 0:
                 return None
             return f"viewed together with {rec.catalog.title(detail, rec.index.item_id(detail))}"
