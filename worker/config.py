@@ -31,8 +31,9 @@ ENV_PREFIX = "TAILOR_"
 RecommenderPart = Literal[
     "covis", "taste", "trending", "segment", "content", "repeat", "ranker", "explore"
 ]
-#: Taste vectors added nothing on the Online Retail log (BENCHMARKS.md, ablation).
-DEFAULT_PARTS_OFF: tuple[RecommenderPart, ...] = ("taste",)
+#: Parts that added nothing on the Online Retail log, even for new customers (BENCHMARKS.md,
+#: ablation): off unless switched on, so the worker pays nothing for them.
+DEFAULT_PARTS_OFF: tuple[RecommenderPart, ...] = ("taste", "trending", "segment")
 RECOMMENDER_PARTS: tuple[RecommenderPart, ...] = (
     "covis",
     "taste",
