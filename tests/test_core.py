@@ -18,7 +18,9 @@ import pytest
 
 from worker.config import Settings
 from worker.contract import CatalogItem, Context, Event, EventType, Recommendation
+from worker.models.ranker import FEATURES
 from worker.recommend import BatchResult, Envelope, Published, Recommender
+from worker.recommend.candidates import UserContext, gather_candidates
 from worker.state.user import UserState, decode_user, encode_user
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)  # a Monday morning
@@ -491,3 +493,33 @@ def test_reason_keys_pack_and_unpack_losslessly() -> None:
     packed = _pack(codes, details)
     for n, key in enumerate(packed.tolist()):
         assert _unpack(key) == [codes[n, 0], details[n, 0], codes[n, 1], details[n, 1]]
+
+
+def test_covisitation_features_keep_its_order_and_single_out_the_latest_item() -> None:
+    """covis_share rescales each user's co-visitation to its strongest candidate (so the
+    ranker sees co-occurrence's own order whatever the counts), covis_last counts only the
+    neighbours of the user's newest item."""
+    world = _world()
+    world.background()
+    envelopes = [world.envelope("u", "A03", minutes=100), world.envelope("u", "B04", minutes=101)]
+    world.process(envelopes)
+    state = world.states["u"]
+    batch = gather_candidates(world.rec, [state], [UserContext.of(envelopes[-1].event)])
+    valid = batch.valid[0]
+    rows = batch.rows[0][valid]
+    features = batch.features[0][valid]
+    covis, share, last = (
+        features[:, FEATURES.index(n)] for n in ("covis", "covis_share", "covis_last")
+    )
+    assert covis.max() > 0
+    assert share.max() == pytest.approx(1.0)
+    assert (share >= 0).all()
+    assert (share <= 1.0 + 1e-6).all()
+    assert np.array_equal(np.argsort(covis, kind="stable"), np.argsort(share, kind="stable"))
+    newest = world.rec.index.lookup("B04")
+    neighbours, _ = world.rec.covis.neighbours_of(np.array([newest]))
+    pulled_by_newest = np.isin(rows, neighbours[0][neighbours[0] >= 0])
+    assert (last[~pulled_by_newest] == 0).all()
+    assert (last[pulled_by_newest] > 0).any()
+    # The newest item's neighbours count in full; the older anchor's are discounted.
+    assert (last <= covis + 1e-6).all()
