@@ -178,6 +178,23 @@ def test_cold_user_gets_a_full_list() -> None:
     assert len(published.items) == world.settings.top_k
 
 
+def test_new_user_with_a_new_item_gets_trending_in_their_country() -> None:
+    """Cold start with nothing to go on (an item outside the catalog that nobody touched):
+    trending in the user's country fills the list, not random picks, although trending and
+    segment candidates are off by default."""
+    world = _world()
+    assert not world.settings.part_on("trending")
+    world.background()
+    result = world.process([world.envelope("newbie", "brand-new", minutes=100)])
+    published = _list_of(result, "newbie")
+    assert len(published.items) == world.settings.top_k
+    trending = [
+        item for item, _, reasons in published.items if reasons == ["trending in your country (NL)"]
+    ]
+    assert len(trending) >= world.settings.top_k - 1  # one slot may explore
+    assert set(trending) <= {f"{c}{n:02d}" for c in CATEGORIES for n in range(12)}  # touched
+
+
 # -- (b) exactly once -------------------------------------------------------------------
 
 

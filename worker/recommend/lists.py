@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -91,7 +92,13 @@ def finish_lists(
             floor = items[-1][1] if items else 0.0
             taken = set(kept_rows[start:end])
             taken.update(batch.recent[slot].tolist())
+            short = int(room[slot]) - len(items)
+            if short > 0:
+                listed = kept_rows[start:end]
+                items += _trending_fill(rec, contexts[slot], short, floor, taken, listed)
             for row, ok in zip(draws[slot].tolist(), drawable[slot].tolist(), strict=True):
+                if len(items) >= k:
+                    break
                 if ok and row not in taken:
                     items.append((ids[row], floor, [_EXPLORE_REASON]))
                     taken.add(row)
@@ -100,6 +107,51 @@ def finish_lists(
         lists.append(items)
         start = end
     return lists
+
+
+def _trending_fill(
+    rec: Recommender,
+    context: UserContext,
+    needed: int,
+    score: float,
+    taken: set[int],
+    listed: list[int],
+) -> list[Item]:
+    """Cold start: what is trending in the user's segments, then overall, for a list the
+    other sources left short (a new user whose first item nobody else has touched yet).
+
+    Only the shortfall is filled, never the exploration slots, so this costs nothing for
+    users with a history and keeps new users' lists context-aware even while the trending
+    and segment candidates are off (the default: they add nothing to warm users' lists).
+    """
+    filled: list[Item] = []
+    cap = rec.settings.max_per_category
+    per_category = Counter(rec.catalog.categories_of(np.array(listed, dtype=np.int64)).tolist())
+    sources = [(rec.trending.segment_top(key)[0], key) for key in context.segments]
+    sources.append((rec.trending.top(), ""))
+    for rows, key in sources:
+        usable = rows[_recommendable(rec, rows)] if rows.size else rows
+        categories = rec.catalog.categories_of(usable).tolist()
+        for row, category in zip(usable.tolist(), categories, strict=True):
+            if row in taken or (cap and category >= 0 and per_category[category] >= cap):
+                continue
+            taken.add(row)
+            per_category[category] += 1
+            filled.append((rec.index.ids[row], score, [_trending_reason(key)]))
+            if len(filled) == needed:
+                return filled
+    return filled
+
+
+def _trending_reason(segment: str) -> str:
+    kind, _, value = segment.partition(":")
+    if kind == "country":
+        return f"trending in your country ({value})"
+    if kind == "hour":
+        return "popular at this time of day"
+    if kind == "device":
+        return f"popular on {value}"
+    return "popular right now"
 
 
 def _reasons(
