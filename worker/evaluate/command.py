@@ -112,7 +112,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     run.add_argument(
         "--ablate",
         action="store_true",
-        help="also run Tailor with each part switched off in turn: " + ", ".join(RECOMMENDER_PARTS),
+        help="also run Tailor with each part toggled in turn (off if on by default, on if "
+        "off): " + ", ".join(RECOMMENDER_PARTS),
     )
     run.add_argument(
         "--tune",

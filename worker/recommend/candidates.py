@@ -123,7 +123,9 @@ def gather_candidates(
     settings = rec.settings
     users = len(states)
     recent, anchors = _recent_and_anchors(rec, states)
-    vectors = np.stack([state.vector for state in states]).astype(np.float32)
+    # A part that is off costs nothing: its candidates and features are not computed.
+    taste_on, segment_on = settings.part_on("taste"), settings.part_on("segment")
+    vectors = np.stack([state.vector for state in states]).astype(np.float32) if taste_on else None
 
     neighbours, weights = rec.covis.neighbours_of(anchors.ravel())
     neighbours = neighbours.reshape(users, anchors.shape[1], -1)
@@ -147,13 +149,17 @@ def gather_candidates(
         pool[: settings.trending_pool], (users, min(pool.size, settings.trending_pool))
     )
     members: dict[str, list[int]] = {}  # segment -> the users of this batch in it
-    for slot, context in enumerate(contexts):
+    for slot, context in enumerate(contexts if segment_on else ()):
         for key in context.segments:
             members.setdefault(key, []).append(slot)
-    segment_rows = _segment_candidates(rec, contexts, members)
+    segment_rows = (
+        _segment_candidates(rec, contexts, members)
+        if segment_on
+        else np.zeros((users, 0), dtype=np.int64)
+    )
     taste = (
         _taste_search(rec, vectors, pool[: settings.taste_pool])
-        if settings.part_on("taste")
+        if vectors is not None
         else np.zeros((users, 0), dtype=np.int64)
     )
     anchor_categories = _anchor_categories(rec, anchors)
@@ -198,7 +204,7 @@ def gather_candidates(
     features[..., 11] = np.log1p(covis_last).reshape(rows.shape)
 
     safe_rows = np.where(valid, rows, 0)
-    if settings.part_on("taste"):
+    if vectors is not None:
         rec.taste.ensure(int(rows.max(initial=0)) + 1)
         features[..., 1] = _cosine(rec.taste.vectors[safe_rows], vectors)
     popularity = rec.trending.normalised(safe_rows.ravel()).reshape(rows.shape)

@@ -215,7 +215,6 @@ class Recommender:
     def _learn(self, users: Mapping[str, _UserBatch]) -> None:
         window = self.settings.recent_window
         self._train_ranker(users)
-        user_vectors = np.stack([u.state.vector for u in users.values()]) if users else None
         slots: list[int] = []
         rows: list[int] = []
         weights: list[float] = []
@@ -249,7 +248,7 @@ class Recommender:
                 if weight > 0:
                     self._pairs(row, weight, event.epoch_seconds, recent, pairs)
                 recent = [*recent, (row, event.epoch_seconds)][-reach:]
-        if not rows or user_vectors is None:
+        if not rows:
             return
         row_array = np.array(rows, dtype=np.int64)
         weight_array = np.array(weights)
@@ -264,6 +263,7 @@ class Recommender:
         )
         if not self.settings.part_on("taste"):
             return  # user vectors stay where they started: no cost for an unused part
+        user_vectors = np.stack([u.state.vector for u in users.values()])
         negatives = self._sample_negatives(row_array.size)
         liked = weight_array > 0
         self.taste.learn(

@@ -7,6 +7,7 @@ dict-of-floats ranking would dominate the replay time.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,12 +17,12 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.contract import Event, EventType
+from worker.models.index import ItemIndex
 from worker.recommend.signals import event_weight
 
 __all__ = [
     "BaselineBase",
     "GrowingArray",
-    "ItemIndex",
     "ItemScores",
     "Session",
     "Sessions",
@@ -34,27 +35,6 @@ IntArray = npt.NDArray[np.int64]
 
 #: Decayed counts are stored multiplied by 2**(age/half-life); rescale before float overflow.
 _MAX_EXPONENT = 600.0
-
-
-class ItemIndex:
-    """Item ids as dense rows 0..n-1, so that scores can be numpy vectors."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self._rows: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, item_id: str) -> int:
-        row = self._rows.get(item_id)
-        if row is None:
-            row = self._rows[item_id] = len(self.ids)
-            self.ids.append(item_id)
-        return row
-
-    def row(self, item_id: str) -> int | None:
-        return self._rows.get(item_id)
 
 
 class GrowingArray:
@@ -219,7 +199,7 @@ class BaselineBase(ABC):
 
     def __init__(self, *, hide_session: bool, session_gap_s: float) -> None:
         self.hide_session = hide_session
-        self.items = ItemIndex()
+        self.items = ItemIndex(max_items=sys.maxsize)  # a replayed log is finite: index all
         self.popular = ItemScores()
         self.sessions = Sessions(session_gap_s)
 
@@ -236,7 +216,7 @@ class BaselineBase(ABC):
                 continue
             at = event.epoch_seconds
             self._tick(at)
-            row = self.items.add(event.item_id)
+            row = self.items.row(event.item_id)
             session, new_in_session = self.sessions.add(event, row, at)
             self.popular.add(row, weight, at)
             self._learn(event, row, weight, at, session, new_in_session)
