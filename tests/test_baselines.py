@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -19,8 +20,9 @@ from worker.evaluate.baselines import (
 )
 from worker.evaluate.baselines import cooccurrence as cooccurrence_module
 from worker.evaluate.baselines.als import RetrainedAls
-from worker.evaluate.baselines.common import ItemScores
+from worker.evaluate.baselines.common import BaselineBase, ItemScores
 from worker.evaluate.baselines.cooccurrence import SparseRows
+from worker.evaluate.baselines.vstan import Vstan
 
 _START = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -352,3 +354,226 @@ def test_every_grid_point_builds_and_the_defaults_are_on_the_grid(name: str) -> 
         make_baseline(name, point)
     defaults = DEFAULT_PARAMS[name]
     assert any(all(defaults.get(key) == value for key, value in p.items()) for p in grid)
+
+
+def _effective(name: str, point: dict[str, object]) -> tuple[bool, bool]:
+    """The (hide_session, hide_seen) a grid point really runs with, defaults included."""
+    model = make_baseline(name, point)
+    assert isinstance(model, BaselineBase)
+    return model.hide_session, model.hide_seen
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_every_grid_tries_showing_and_hiding_the_session_and_the_seen_items(name: str) -> None:
+    """A baseline crippled by a filter that suits one kind of log only is a strawman."""
+    tried = [_effective(name, point) for point in PARAM_GRIDS[name]]
+    assert {hide_session for hide_session, hide_seen in tried if not hide_seen} == {True, False}
+    assert {hide_seen for _, hide_seen in tried} == {True, False}
+    assert len(PARAM_GRIDS[name]) <= 12, "each grid point replays the first fifth once"
+
+
+@pytest.mark.parametrize("name", BASELINE_NAMES)
+def test_hide_seen_never_lists_what_the_user_already_had(name: str) -> None:
+    log = _taste_log(epochs=3)
+    params: dict[str, object] = {"hide_seen": True}
+    if name == "als":
+        params["retrain_every_s"] = 60.0
+    model = make_baseline(name, params)
+    _replay(model, log.events)
+    [twins_list] = model.recommend([_probe("twin")], 5)
+    assert len(twins_list) == 5
+    assert not set(twins_list) & set("ABC")
+    [g1_list] = model.recommend([_probe("g1-0")], 4)
+    assert sorted(g1_list) == sorted("EFGH")  # all a group-one user has not had
+
+
+def test_shared_params_are_checked_like_the_others() -> None:
+    with pytest.raises(ValueError, match="must be bool"):
+        make_baseline("popular", {"hide_seen": 1})
+    with pytest.raises(ValueError, match="hide_seen"):
+        make_baseline("popular", {"hide_everything": True})  # the message lists it
+
+
+def _reorder_log() -> _Log:
+    log = _Log()
+    for n in range(3):
+        log.add(f"fan{n}", "P", n, session=f"f{n}")
+    log.basket("me", ["A", "B"], 10, "s1")
+    log.basket("me", ["A", "C"], 20, "s2")
+    return log
+
+
+def test_recent_lists_the_users_own_items_newest_first_then_popular() -> None:
+    log = _reorder_log()
+    model = make_baseline("recent", {"order": "recency", "hide_session": False})
+    _replay(model, log.events)
+    assert model.recommend([log.events[-1]], 4) == [["C", "A", "B", "P"]]
+    assert model.recommend([_probe("stranger")], 2) == [["P", "A"]]
+
+
+def test_recent_by_frequency_and_hiding_the_session() -> None:
+    log = _reorder_log()
+    by_count = make_baseline("recent", {"order": "frequency", "hide_session": False})
+    hiding = make_baseline("recent", {"order": "recency", "hide_session": True})
+    for model in (by_count, hiding):
+        _replay(model, log.events)
+    assert by_count.recommend([log.events[-1]], 4) == [["A", "C", "B", "P"]]  # A twice
+    assert hiding.recommend([log.events[-1]], 2) == [["B", "P"]]  # s2 holds A and C
+
+
+_ALL_OFF: dict[str, object] = {
+    "hide_session": True,
+    "lambda_spw": 0.0,
+    "lambda_snh": 0.0,
+    "lambda_inh": 0.0,
+    "lambda_ipw": 0.0,
+    "lambda_idf": 0.0,
+}
+_DAY = 86400.0
+
+
+def _vstan_lists(log: _Log, k: int, **changes: object) -> list[str]:
+    """The list of the log's last user under VSTAN with every weighting off but ``changes``."""
+    model = make_baseline("vstan", {**_ALL_OFF, **changes})
+    _replay(model, log.events)
+    [ranked] = model.recommend([log.events[-1]], k)
+    return ranked
+
+
+def test_vstan_weighs_the_later_items_of_the_current_session_more() -> None:
+    """Two neighbours match one current item each; each holds one more item.
+
+    Current session A, B: weights e^-1 for A, 1 for B (lambda_spw = 1); the neighbour
+    holding B is the more similar (1/sqrt2 against e^-1/sqrt2), so its Y comes first.
+    Without the weighting the two tie and X, the older row, leads.
+    """
+    log = _Log()
+    log.basket("u1", ["A", "X"], 0, "s1")
+    log.basket("u2", ["B", "Y"], 0, "s2")
+    log.basket("me", ["A", "B"], 100, "now")
+    assert _vstan_lists(log, 2, lambda_spw=1.0) == ["Y", "X"]
+    assert _vstan_lists(log, 2) == ["X", "Y"]
+    # lambda_ipw alone gives the same order: the neighbour found through B, the latest item
+    assert _vstan_lists(log, 2, lambda_ipw=1.0) == ["Y", "X"]
+
+
+def test_vstan_prefers_recent_neighbour_sessions_and_samples_the_most_recent() -> None:
+    log = _Log()
+    log.basket("u1", ["A", "X"], 0, "old")
+    log.basket("u2", ["A", "Y"], 10 * _DAY, "new")
+    log.add("me", "A", 10 * _DAY + 60, session="now")
+    assert _vstan_lists(log, 2) == ["X", "Y"]  # a tie: the older row first
+    assert _vstan_lists(log, 2, lambda_snh=1.0) == ["Y", "X"]  # e^-10 against e^0
+    # a sample of one keeps the most recently active candidate only: X comes as popular
+    assert _vstan_lists(log, 2, sample_size=1) == ["Y", "X"]
+
+
+def test_vstan_prefers_items_next_to_the_match_in_the_neighbour() -> None:
+    log = _Log()
+    log.basket("u1", ["Z", "Y", "A"], 0, "s1")  # Y is next to A, Z two steps away
+    log.add("me", "A", 100, session="now")
+    assert _vstan_lists(log, 2) == ["Z", "Y"]  # a tie: the older row first
+    assert _vstan_lists(log, 2, lambda_inh=1.0) == ["Y", "Z"]
+
+
+def test_vstan_idf_prefers_the_rarer_of_two_equally_supported_items() -> None:
+    log = _Log()
+    log.basket("u1", ["A", "P"], 0, "s1")
+    log.basket("u2", ["A", "R"], 1, "s2")
+    for n in range(3):  # P is in four of six sessions, R in one
+        log.add(f"fan{n}", "P", 2 + n, session=f"f{n}")
+    log.add("me", "A", 100, session="now")
+    assert _vstan_lists(log, 2) == ["P", "R"]
+    assert _vstan_lists(log, 2, lambda_idf=1.0) == ["R", "P"]
+
+
+def _reference_vstan_scores(
+    events: Sequence[Event], user: str, params: dict[str, float]
+) -> dict[str, float]:
+    """VSTAN's item scores as rn5l/session-rec computes them, written plainly with dicts.
+
+    Sessions are their distinct items (first position), the current one in order of last
+    use; every session sharing an item is a candidate and every candidate a neighbour.
+    """
+    sessions: dict[str, list[str]] = {}
+    last_at: dict[str, float] = {}
+    current: dict[str, str] = {}
+    orders: dict[str, list[str]] = {}
+    for event in events:
+        assert event.item_id is not None
+        assert event.session_id is not None
+        key = event.session_id
+        if current.get(event.user_id) != key:
+            orders[event.user_id] = []
+        current[event.user_id] = key
+        items = sessions.setdefault(key, [])
+        if event.item_id not in items:
+            items.append(event.item_id)
+        order = orders[event.user_id]
+        if event.item_id in order:
+            order.remove(event.item_id)
+        order.append(event.item_id)
+        last_at[key] = event.epoch_seconds
+    now = max(last_at.values())
+    own, order = current[user], orders[user]
+    length = len(order)
+    spw = {item: math.exp((p - length) / params["spw"]) for p, item in enumerate(order, 1)}
+    norm = math.sqrt(sum(weight * weight for weight in spw.values()))
+    frequency: dict[str, int] = {}
+    for items in sessions.values():
+        for item in items:
+            frequency[item] = frequency.get(item, 0) + 1
+    scores: dict[str, float] = {}
+    for key, items in sessions.items():
+        shared = [item for item in items if item in spw]
+        if key == own or not shared:
+            continue
+        similarity = sum(spw[item] for item in shared) / (norm * math.sqrt(len(items)))
+        similarity *= math.exp(-(now - last_at[key]) / (params["snh"] * _DAY))
+        star = max(q for q, item in enumerate(items, 1) if item in spw)
+        latest = max(p for p, item in enumerate(order, 1) if item in items)
+        ipw = math.exp((latest - length) / params["ipw"])
+        for q, item in enumerate(items, 1):
+            idf = math.log(len(sessions) / frequency[item])
+            score = similarity * math.exp(-abs(q - star) / params["inh"]) * ipw
+            scores[item] = scores.get(item, 0.0) + score * (1 + params["idf"] * idf)
+    return scores
+
+
+def test_vstan_scores_as_the_reference_implementation_does() -> None:
+    rng = np.random.default_rng(5)
+    log = _Log()
+    session_of = {f"u{n}": 0 for n in range(6)}
+    at = 0.0
+    for _ in range(120):
+        user = f"u{int(rng.integers(6))}"
+        if rng.random() < 0.25:
+            session_of[user] += 1
+        at += float(rng.exponential(6 * 3600))
+        log.add(user, f"i{int(rng.integers(15))}", at, session=f"{user}-{session_of[user]}")
+    lambdas = {"spw": 1.3, "snh": 2.0, "inh": 1.7, "ipw": 0.8, "idf": 0.6}
+    params: dict[str, object] = {f"lambda_{name}": value for name, value in lambdas.items()}
+    model = make_baseline(
+        "vstan", {**params, "k_neighbours": 1000, "sample_size": 1000, "current_items": 50}
+    )
+    assert isinstance(model, Vstan)
+    for n, event in enumerate(log.events):
+        model.learn([event])
+        if n < 40:
+            continue
+        expected = _reference_vstan_scores(log.events[: n + 1], event.user_id, lambdas)
+        listed = [model.items.ids[row] for row in model._rank(event.user_id, 10)]
+        assert len(listed) == min(10, len(expected))
+        np.testing.assert_allclose(
+            [expected[item] for item in listed], sorted(expected.values(), reverse=True)[:10]
+        )
+
+
+def test_vstan_never_uses_the_current_session_as_its_own_neighbour() -> None:
+    log = _Log()
+    for n in range(3):
+        log.add(f"fan{n}", "P", n, session=f"f{n}")
+    log.basket("me", ["A", "B"], 100, "now")
+    model = make_baseline("vstan", {"hide_session": False})
+    _replay(model, log.events)
+    assert model.recommend([log.events[-1]], 3) == [["P", "A", "B"]]

@@ -180,10 +180,9 @@ def test_cold_user_gets_a_full_list() -> None:
 
 def test_new_user_with_a_new_item_gets_trending_in_their_country() -> None:
     """Cold start with nothing to go on (an item outside the catalog that nobody touched):
-    trending in the user's country fills the list, not random picks, although trending and
-    segment candidates are off by default."""
-    world = _world()
-    assert not world.settings.part_on("trending")
+    trending in the user's country fills the list, not random picks, even with the trending,
+    segment and taste candidates switched off."""
+    world = _world(parts_off=["trending", "segment", "taste"])
     world.background()
     result = world.process([world.envelope("newbie", "brand-new", minutes=100)])
     published = _list_of(result, "newbie")

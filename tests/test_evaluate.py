@@ -85,6 +85,93 @@ def test_cold_events_are_those_of_users_with_few_earlier_events(
     assert score.cold_hit_rate == pytest.approx(1.0)
 
 
+class EchoLast:
+    """Lists the item of the user's latest event, then ``z``: a hit means a repeat."""
+
+    name = "echo"
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+
+    def learn(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if event.item_id is None:
+                self.last.pop(event.user_id, None)  # forget
+            else:
+                self.last[event.user_id] = event.item_id
+
+    def recommend(self, events: Sequence[Event], k: int) -> list[list[str]]:
+        return [list(dict.fromkeys([self.last.get(e.user_id, "z"), "z"]))[:k] for e in events]
+
+
+def _forget(n: int, user: str) -> Event:
+    return Event.model_validate(
+        {
+            "event_id": f"e{n}",
+            "user_id": user,
+            "type": "forget",
+            "timestamp": START + timedelta(minutes=n),
+        }
+    )
+
+
+#: With COLD_EVENTS 2 and LONG_HISTORY 3 (set in the test): "first" < 2 earlier events,
+#: "5-50" 2 or 3, "more" > 3. Each comment: earlier events of the user, seen or new, the
+#: list the user had (EchoLast: their previous item, then z), and the outcome.
+SPLIT_LOG = [
+    _event(0, "u1", "a"),  # no list yet: not scored
+    _event(1, "u1", "a"),  # 1 first, seen; [a, z]: hit at 1
+    _event(2, "u2", "b"),  # no list yet: not scored
+    _event(3, "u1", "b"),  # 2 5-50, new; [a, z]: miss
+    _event(4, "u2", "z"),  # 1 first, new; [b, z]: hit at 2
+    _event(5, "u1", "a"),  # 3 5-50, seen; [b, z]: miss
+    _event(6, "u1", "b"),  # 4 more, seen; [a, z]: miss
+    _event(7, "u3", "c"),  # no list yet: not scored
+    _event(8, "u1", "b"),  # 5 more, seen; [b, z]: hit at 1
+    _event(9, "u3", "c", kind="dislike"),  # not scored, but counts as history and as seen
+    _event(10, "u3", "c"),  # 2 5-50, seen; [c, z]: hit at 1
+    _forget(11, "u2"),  # u2's history, items and list are gone
+    _event(12, "u2", "z"),  # no list after the forget: not scored
+    _event(13, "u2", "b"),  # 1 first (not 3), new (b was before the forget); [z]: miss
+]
+
+
+def test_splits_by_history_and_seen_items_match_a_hand_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("worker.evaluate.harness.COLD_EVENTS", 2)
+    monkeypatch.setattr("worker.evaluate.harness.LONG_HISTORY", 3)
+    [score] = replay(SPLIT_LOG, [EchoLast()], k=2)
+    # Scored: events 1, 3, 4, 5, 6, 8, 10, 13; hits at 1, 4 (rank 2), 8 and 10.
+    assert (score.counted, score.hits) == (8, {1: 3, 2: 4})
+    splits = {
+        name: (split.counted, split.hits, split.reciprocal_ranks)
+        for name, split in score.splits.items()
+    }
+    assert splits == {
+        "first": (3, 2, 1.5),  # events 1 (hit), 4 (rank 2), 13
+        "5-50": (3, 1, 1.0),  # events 3, 5, 10 (hit)
+        "more": (2, 1, 1.0),  # events 6, 8 (hit)
+        "seen": (5, 3, 3.0),  # events 1, 5, 6, 8, 10
+        "new": (3, 1, 0.5),  # events 3, 4, 13
+    }
+    assert score.splits["first"].hit_rate == pytest.approx(2 / 3)
+    assert score.splits["new"].mrr == pytest.approx(0.5 / 3)
+    # cold@K is the "first" split.
+    assert (score.cold_counted, score.cold_hits) == (3, 2)
+    assert score.cold_hit_rate == pytest.approx(2 / 3)
+
+
+def test_history_splits_at_the_default_bounds() -> None:
+    """One user, 60 events: scored events 1-4 are first, 5-50 are 5-50, 51-59 more;
+    items cycle through 7, so events 1-6 are new and 7-59 seen."""
+    log = [_event(n, "u1", f"i{n % 7}") for n in range(60)]
+    [score] = replay(log, [EchoLast()], k=2)
+    counted = {name: split.counted for name, split in score.splits.items()}
+    assert counted == {"first": 4, "5-50": 46, "more": 9, "seen": 53, "new": 6}
+    assert score.splits["seen"].hits == score.splits["new"].hits == 0  # never a repeat
+
+
 def test_warmup_events_teach_but_are_not_scored() -> None:
     model = FixedLists({"u1": ["b", "c"], "u2": ["a", "z"]})
     [score] = replay(HAND_LOG, [model], k=2, warmup=0.5)  # the first 3 events

@@ -102,6 +102,52 @@ def test_a_retail_csv_with_the_documented_mapping(
     assert "60 events from 61 rows, 1 dropped by filters" in printed
 
 
+def test_a_movielens_log_with_an_item_file_reports_the_splits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented MovieTweetings command on a tiny copy: '::', no header, movies.dat."""
+    lines = []
+    for user in range(1, 5):  # sorted by user, times out of order within a user
+        for n in range(12):
+            film = f"{(user * 3 + n * 5) % 11:07d}"
+            rating = 4 + (user + n) % 7
+            lines.append(f"{user}::{film}::{rating}::{1_362_000_000 + (n * 7919) % 50_000}")
+    ratings, movies = tmp_path / "ratings.dat", tmp_path / "movies.dat"
+    ratings.write_text("\n".join(lines) + "\n")
+    genres = ["Drama|Crime", "Comedy", "Horror|Thriller", ""]
+    movies.write_text(
+        "".join(f"{n:07d}::Film number {n} ({1990 + n})::{genres[n % 4]}\n" for n in range(14))
+    )
+    out = tmp_path / "mt.json"
+    argv = ["evaluate", str(ratings), "--delimiter", "::", "--columns", "user,item,rating,time"]
+    argv += ["--user", "user", "--item", "item", "--time", "time", "--time-format", "epoch"]
+    argv += ["--filter", "rating>=7", "--default-type", "like", "--session-gap", "3600"]
+    argv += ["--items", str(movies), "--items-columns", "item,title,genres"]
+    argv += ["--item-title", "title", "--item-categories", "genres", "--warmup", "0.2"]
+    argv += ["--baselines", "popular,sknn", "--no-progress", "--json", str(out)]
+    assert main(argv) == 0
+    kept = sum(1 for line in lines if int(line.split("::")[2]) >= 7)
+    printed = capsys.readouterr().out
+    assert f"{kept} events from 48 rows, {48 - kept} dropped by filters" in printed
+    for column in ("cold@20", "HR 5-50", "HR >50", "HR seen", "HR new"):
+        assert column in printed
+    results = json.loads(out.read_text())
+    assert results["catalog_items"] == 14  # every film of movies.dat, rated or not
+    assert results["run"]["items"] == str(movies)
+    assert set(results["split_definitions"]) >= {"k", "first", "5-50", "more", "seen", "new"}
+    for model in results["models"]:
+        splits = model["splits"]
+        assert list(splits) == ["first", "5-50", "more", "seen", "new"]
+        by_history = sum(splits[name]["counted"] for name in ("first", "5-50", "more"))
+        assert by_history == splits["seen"]["counted"] + splits["new"]["counted"]
+        assert by_history == model["counted"] > 0
+        assert splits["more"] == {"counted": 0, "hits": 0, "hr": None, "mrr": None}
+        assert splits["first"]["hr"] == model["cold@20"]
+        assert sum(splits[name]["hits"] for name in ("seen", "new")) == round(
+            model["HR@20"] * model["counted"]
+        )
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -109,6 +155,13 @@ def test_a_retail_csv_with_the_documented_mapping(
         (["--item", "StockCode"], "a CSV log needs --time"),
         (["--item", "x", "--time", "t", "--context", "mood=Mood"], "--context 'mood=Mood'"),
         (["--item", "x", "--time", "t", "--filter", "Quantity"], "--filter 'Quantity'"),
+        (["--item", "x", "--time", "t", "--value-scale", "10"], "--value-scale needs --value"),
+        (["--item", "x", "--time", "t", "--columns", "a,b,a"], "--columns 'a,b,a': a named"),
+        (["--item", "x", "--time", "t", "--columns", "a,,b"], "an empty column name"),
+        (["--item", "x", "--time", "t", "--delimiter", ""], "--delimiter: must not be empty"),
+        (["--item-title", "title"], "--item-title needs --items"),
+        (["--items", "movies.dat"], "--items: name its column of item ids with --item-key"),
+        (["--value", "rating"], "--value is for a CSV log"),
     ],
 )
 def test_mistakes_name_the_option(

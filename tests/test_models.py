@@ -285,33 +285,6 @@ def test_decay_clock_survives_a_jump_of_decades() -> None:
 # -- TasteModel --------------------------------------------------------------------------
 
 
-def test_taste_learn_moves_user_toward_positive_and_away_from_negative() -> None:
-    dim = 8
-    taste = TasteModel(dim, learning_rate=0.1, regularization=0.0, seed=1)
-    taste.ensure(3)
-    taste.vectors[0] = np.eye(dim, dtype=np.float32)[0]
-    taste.vectors[1] = np.eye(dim, dtype=np.float32)[1]
-    user = taste.new_user("u-1")
-    users = user[None, :].copy()
-    before = taste.scores(users[0], _ints(0, 1))
-    for _ in range(20):
-        taste.learn(users, _ints(0), _ints(0), _ints(1), _floats(1.0))
-    after = taste.scores(users[0], _ints(0, 1))
-    assert after[0] > before[0]
-    assert after[1] < before[1]
-    assert after[0] > after[1]
-    assert users.dtype == np.float32
-
-
-def test_taste_learn_updates_only_the_users_in_the_batch() -> None:
-    taste = TasteModel(4, learning_rate=0.1, regularization=0.0, seed=1)
-    users = np.stack([taste.new_user("a"), taste.new_user("b")])
-    untouched = users[1].copy()
-    taste.learn(users, _ints(0), _ints(3), _ints(5), _floats(1.0))
-    assert np.array_equal(users[1], untouched)
-    assert taste.vectors.shape[0] >= 6
-
-
 def test_taste_is_deterministic_by_seed() -> None:
     first, second = TasteModel(8, 0.1, 0.0, seed=3), TasteModel(8, 0.1, 0.0, seed=3)
     first.ensure(5)
@@ -420,3 +393,72 @@ def test_a_new_item_gets_content_neighbours_once_the_catalog_is_rebuilt() -> Non
     neighbours, similarity = model.neighbours_of(np.array([row]))
     assert (neighbours[0] >= 0).all()
     assert (similarity[0] > 0).all()
+
+
+# -- popularity at several time scales ------------------------------------------------------
+
+
+def test_each_timescale_favours_what_was_popular_over_its_own_half_life() -> None:
+    trending = Trending(
+        HOUR,
+        top_size=10,
+        segment_size=5,
+        refresh_every=1,
+        timescales_s=(HOUR, 30 * 24 * HOUR),
+        timescale_top=5,
+    )
+    # Item 0: ten interactions a week ago. Item 1: two interactions just now.
+    week = 7 * 24 * HOUR
+    trending.observe(_ints(*[0] * 10), _floats(*[1.0] * 10), _floats(*[0.0] * 10), [()] * 10)
+    trending.observe(_ints(1, 1), _floats(1.0, 1.0), _floats(week, week), [(), ()])
+    hour_scale, month_scale = trending.relative(_ints(0, 1, 2))
+    assert hour_scale[1] == 1.0
+    assert hour_scale[0] < 0.01
+    assert month_scale[0] == 1.0
+    assert 0 < month_scale[1] < 1
+    assert hour_scale[2] == month_scale[2] == 0.0  # never touched
+    assert [int(top[0]) for top in trending.timescale_tops()] == [1, 0]
+
+
+def test_relative_popularity_does_not_depend_on_the_traffic() -> None:
+    quiet, busy = (
+        Trending(HOUR, top_size=10, segment_size=5, refresh_every=1, timescales_s=(HOUR,))
+        for _ in range(2)
+    )
+    quiet.observe(_ints(0, 0, 1), _floats(1.0, 1.0, 1.0), _floats(0.0, 0.0, 0.0), [()] * 3)
+    busy.observe(_ints(0, 0, 1), _floats(50.0, 50.0, 50.0), _floats(0.0, 0.0, 0.0), [()] * 3)
+    assert np.allclose(quiet.relative(_ints(0, 1)), busy.relative(_ints(0, 1)))
+
+
+# -- taste vectors from co-occurrence (item2vec) and users folded from them ----------------
+
+
+def _cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_item2vec_pulls_items_of_one_history_together_and_pushes_negatives_away() -> None:
+    taste = TasteModel(16, learning_rate=0.05, regularization=0.0, seed=1)
+    taste.ensure(3)
+    before = (
+        _cosine(taste.vectors[0], taste.vectors[1]),
+        _cosine(taste.vectors[0], taste.vectors[2]),
+    )
+    for _ in range(200):
+        taste.learn_pairs(_ints(0, 1), _ints(1, 0), _ints(2, 2), _floats(1.0, 1.0))
+    after = _cosine(taste.vectors[0], taste.vectors[1]), _cosine(taste.vectors[0], taste.vectors[2])
+    assert after[0] > before[0]
+    assert after[0] > 0.9
+    assert after[1] < before[1]
+    assert after[1] < 0
+
+
+def test_a_users_vector_is_a_decayed_sum_of_what_they_touched_in_order() -> None:
+    taste = TasteModel(4, learning_rate=0.05, regularization=0.0, seed=1, memory=0.5)
+    taste.ensure(3)
+    taste.vectors[:3] = np.eye(4, dtype=np.float32)[:3] * 3.0  # norms do not matter
+    users = np.zeros((2, 4), dtype=np.float32)
+    # user 0 touches item 0 then item 1 then dislikes item 2; user 1 touches item 2
+    taste.fold(users, _ints(0, 1, 0, 0), _ints(0, 2, 1, 2), _floats(1.0, 1.0, 1.0, -1.0))
+    assert np.allclose(users[0], [0.25, 0.5, -1.0, 0.0])
+    assert np.allclose(users[1], [0.0, 0.0, 1.0, 0.0])

@@ -7,8 +7,11 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 import pytest
 import redis
@@ -193,3 +196,40 @@ def test_replayed_events_are_not_applied_twice(settings: Settings, redis_url: st
     store = UserStore(redis.Redis.from_url(redis_url), settings)
     states = store.read([f"r{n}" for n in range(4)])
     assert [state.events if state else 0 for state in states.values()] == [10, 10, 10, 10]
+
+
+def test_the_taste_vector_is_read_from_and_written_to_redis_after_every_event(
+    settings: Settings, redis_url: str
+) -> None:
+    """The worker folds each event into the vector it read from Redis and writes it back.
+
+    Between two events the test plants a vector of its own in Redis: the next vector must
+    be that one decayed plus one unit item vector, which only a worker that read it makes.
+    """
+    client = redis.Redis.from_url(redis_url)
+    store = UserStore(client, settings)
+    key = store.key("tess")
+    _catalog(settings)
+    vectors: list[npt.NDArray[np.float32]] = []
+    with running_worker(settings) as worker:
+        produce_events(settings, _background(users=9, clicks=4))
+        wait_until(lambda: worker.stats.processed == 36)
+        for item in ("garden-1", "garden-5"):
+            done = worker.stats.processed
+            produce_events(settings, [event("tess", item)])
+            wait_until(partial(lambda before: worker.stats.processed > before, done))
+            state = store.read(["tess"])["tess"]
+            assert state is not None
+            assert state.events == len(vectors) + 1
+            vectors.append(state.vector.copy())
+        planted = np.zeros(settings.vector_dim, dtype=np.float32)
+        planted[0] = 10.0
+        client.hset(key, "v", planted.tobytes())
+        produce_events(settings, [event("tess", "garden-9")])
+        wait_until(lambda: worker.stats.processed == 39)
+    after = store.read(["tess"])["tess"]
+    assert after is not None
+    assert np.linalg.norm(vectors[0]) > 0
+    assert not np.allclose(vectors[0], vectors[1])
+    step = after.vector - settings.taste_memory * planted
+    assert np.isclose(np.linalg.norm(step), 1.0, atol=1e-4), "not folded into what Redis held"

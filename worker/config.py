@@ -31,9 +31,6 @@ ENV_PREFIX = "TAILOR_"
 RecommenderPart = Literal[
     "covis", "taste", "trending", "segment", "content", "repeat", "ranker", "explore"
 ]
-#: Parts that added nothing on the Online Retail log, even for new customers (BENCHMARKS.md,
-#: ablation): off unless switched on, so the worker pays nothing for them.
-DEFAULT_PARTS_OFF: tuple[RecommenderPart, ...] = ("taste", "trending", "segment")
 RECOMMENDER_PARTS: tuple[RecommenderPart, ...] = (
     "covis",
     "taste",
@@ -163,8 +160,14 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="co-visits only within a session: a longer gap starts anew"
     )
     vector_dim: int = Field(32, ge=2, le=512, description="taste vector dimensions")
-    learning_rate: float = Field(0.05, gt=0, le=1, description="taste vector step size")
-    regularization: float = Field(0.002, ge=0, le=1, description="taste vector L2")
+    learning_rate: float = Field(0.05, gt=0, le=1, description="item vector (item2vec) step size")
+    regularization: float = Field(0.002, ge=0, le=1, description="item vector L2")
+    taste_window: int = Field(
+        10, ge=1, le=1000, description="recent items a new item is paired with (taste vectors)"
+    )
+    taste_memory: float = Field(
+        0.9, gt=0, lt=1, description="share of a user's taste vector kept at each event"
+    )
     trending_half_life_s: float = Field(
         3 * 24 * 3600.0, gt=0, description="event-time half-life of popularity (trending)"
     )
@@ -188,6 +191,13 @@ class Settings(BaseSettings):
         ge=0,
         description="users whose last candidates are kept for ranker training (~4.4 KB each)",
     )
+    ranker_learning_rate: float = Field(
+        0.05, gt=0, le=1, description="step size of the ranker's online updates"
+    )
+    ranker_l2: float = Field(1e-4, ge=0, le=1, description="L2 pull of the ranker's weights")
+    ranker_optimizer: Literal["sgd", "adagrad", "adam"] = Field(
+        "adagrad", description="the ranker's River optimiser (AdaGrad: a step per feature)"
+    )
     max_items: int = Field(
         1_000_000,
         ge=10,
@@ -195,7 +205,7 @@ class Settings(BaseSettings):
         description="bound on items the models track (~2.3 KB each with the defaults)",
     )
     parts_off: list[RecommenderPart] = Field(
-        default_factory=lambda: list(DEFAULT_PARTS_OFF),
+        default_factory=list,
         description="recommender parts switched off (JSON list; [] = all on; see evaluate "
         "--ablate)",
     )

@@ -15,12 +15,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from worker.argtypes import positive_int, share
+from worker.argtypes import positive_float, positive_int, share
 from worker.config import RECOMMENDER_PARTS, ConfigError, Settings
 from worker.contract import EventType
 from worker.evaluate.baselines import BASELINE_NAMES, DEFAULT_PARAMS, make_baselines
 from worker.evaluate.harness import Model, ModelScore, StateStore, TailorModel, replay
-from worker.evaluate.logs import CsvMapping, LoadedLog, LogError, RowFilter, load_log
+from worker.evaluate.logs import (
+    CsvMapping,
+    ItemFile,
+    LoadedLog,
+    LogError,
+    RowFilter,
+    load_log,
+)
 from worker.evaluate.report import results_json, results_table, write_plot
 from worker.evaluate.tuning import best_params, tune
 
@@ -33,6 +40,16 @@ example (the UCI Online Retail log, as published):
       --title Description --context country=Country \\
       --filter 'CustomerID!=' --filter 'Quantity>0' --filter 'InvoiceNo!~^C' \\
       --warmup 0.2 --json results.json --plot hr.png
+
+example (MovieTweetings, MovieLens-style '::' files without a header; ratings of 7 or
+more of 10 as likes, the films' titles and genres as the catalog):
+  tailor evaluate movietweetings-100k/ratings.dat --delimiter '::' \\
+      --columns user,item,rating,time --user user --item item --time time \\
+      --time-format epoch --filter 'rating>=7' --default-type like --session-gap 3600 \\
+      --items movietweetings-100k/movies.dat --items-columns item,title,genres \\
+      --item-title title --item-categories genres --warmup 0.2 --json results.json
+  (or keep every rating as a rate event: --default-type rate --value rating
+  --value-scale 10 instead of --filter and --default-type like)
 """
 
 
@@ -51,11 +68,15 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument(
         "log",
         type=Path,
-        help="JSONL in Tailor's event schema, or CSV (.csv, .tsv, optionally .gz) "
-        "read with the column options below",
+        help="JSONL in Tailor's event schema, or delimited text (.csv, .tsv, .dat, ...; "
+        "optionally .gz) read with the column options below",
     )
     parser.add_argument("--catalog", type=Path, help="JSONL catalog in Tailor's catalog schema")
-    csv = parser.add_argument_group("CSV column mapping")
+    csv = parser.add_argument_group(
+        "CSV column mapping",
+        "a log read through these options is sorted by time before the replay (stable:\n"
+        "rows of equal times keep their file order), so it may be sorted by user",
+    )
     csv.add_argument("--user", metavar="COLUMN", help="user id column")
     csv.add_argument("--item", metavar="COLUMN", help="item id column (makes the log CSV)")
     csv.add_argument("--time", metavar="COLUMN", help="timestamp column")
@@ -94,7 +115,63 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="keep only rows where COLUMN OP VALUE holds, dropping the rest; OP is one of "
         "== != > >= < <= ~ !~ (regex); repeatable, all must hold",
     )
-    csv.add_argument("--delimiter", default=",", help="CSV field separator (default ,)")
+    csv.add_argument(
+        "--delimiter",
+        default=",",
+        help="field separator (default ,; \\t for a tab); longer than one character, e.g. "
+        "'::', each line is split on it, without CSV quoting",
+    )
+    csv.add_argument(
+        "--columns",
+        metavar="NAME,NAME,...",
+        help="names of the columns, in order, of a log without a header line (its first "
+        "line is then data); the other options refer to these names",
+    )
+    csv.add_argument(
+        "--value",
+        metavar="COLUMN",
+        help="numeric column for the event's value, e.g. a rating (read by --default-type "
+        "rate: Tailor takes value-3 on a 5-star scale as the interest)",
+    )
+    csv.add_argument(
+        "--value-scale",
+        type=positive_float,
+        metavar="MAX",
+        help="the --value column is out of MAX: rescaled to 5 stars (value*5/MAX), so with "
+        "--value-scale 10 a rating above 6 is interest, 6 neutral, below 6 counts against the item",
+    )
+    items = parser.add_argument_group(
+        "item file",
+        "a catalog as a table (e.g. MovieLens' movies.dat): every row becomes a catalog\n"
+        "item, its title's words and its categories its tags, its first category its\n"
+        "category; items of the log missing from it are still replayed",
+    )
+    items.add_argument("--items", type=Path, metavar="FILE", help="the item table")
+    items.add_argument(
+        "--items-columns",
+        metavar="NAME,NAME,...",
+        help="names of its columns, in order, when it has no header line",
+    )
+    items.add_argument(
+        "--items-delimiter", help="its field separator (default: the log's --delimiter)"
+    )
+    items.add_argument(
+        "--item-key",
+        metavar="COLUMN",
+        help="its column of item ids, as the log writes them (default: the --item name)",
+    )
+    items.add_argument("--item-title", metavar="COLUMN", help="its column of titles")
+    items.add_argument(
+        "--item-categories",
+        metavar="COLUMN",
+        help="its column of categories (e.g. genres), split by --item-categories-separator",
+    )
+    items.add_argument(
+        "--item-categories-separator",
+        default="|",
+        metavar="TEXT",
+        help="what separates categories in --item-categories (default |)",
+    )
     run = parser.add_argument_group("the replay")
     run.add_argument("--k", type=positive_int, default=20, help="list length scored (20)")
     run.add_argument(
@@ -103,7 +180,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         default=0.2,
         help="leading share of the log replayed to learn from but not scored (default 0.2)",
     )
-    run.add_argument("--limit", type=positive_int, help="replay only the first N events")
+    run.add_argument(
+        "--limit", type=positive_int, help="replay only the N earliest events (in time order)"
+    )
     run.add_argument(
         "--baselines",
         default=",".join(BASELINE_NAMES),
@@ -156,6 +235,7 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=_TABLE_WIDTH)
     try:
         mapping = _mapping(args)
+        items = _item_file(args, mapping)
         baselines = _baseline_names(args.baselines)
     except LogError as error:
         print(f"tailor evaluate: {error}", file=sys.stderr)
@@ -171,7 +251,7 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         with console.status(f"reading {args.log}"):
-            log = load_log(args.log, mapping, args.catalog, args.limit)
+            log = load_log(args.log, mapping, args.catalog, args.limit, items)
     except LogError as error:
         print(f"tailor evaluate: {error}", file=sys.stderr)
         return 2
@@ -324,10 +404,15 @@ def _state_store(settings: Settings, url: str | None) -> Iterator[StateStore | N
 
 
 def _mapping(args: argparse.Namespace) -> CsvMapping | None:
-    is_csv = args.item is not None or any(
-        suffix in {".csv", ".tsv"} for suffix in args.log.suffixes
+    is_csv = (
+        args.item is not None
+        or args.columns is not None
+        or any(suffix in {".csv", ".tsv"} for suffix in args.log.suffixes)
     )
     if not is_csv:
+        for option in ("value", "value_scale"):
+            if getattr(args, option) is not None:
+                raise LogError(f"--{option.replace('_', '-')} is for a CSV log (give --item)")
         return None
     missing = [name for name in ("item", "time") if getattr(args, name) is None]
     if missing:
@@ -341,7 +426,8 @@ def _mapping(args: argparse.Namespace) -> CsvMapping | None:
                 "device, locale, page, referrer"
             )
         context[name] = column
-    delimiter = "\t" if args.delimiter == "\\t" else args.delimiter
+    if args.value_scale is not None and args.value is None:
+        raise LogError("--value-scale needs --value (the column it rescales)")
     return CsvMapping(
         item=args.item,
         time=args.time,
@@ -350,12 +436,64 @@ def _mapping(args: argparse.Namespace) -> CsvMapping | None:
         type=args.type,
         default_type=EventType(args.default_type),
         time_format=args.time_format,
-        delimiter=delimiter,
+        delimiter=_delimiter(args.delimiter, "--delimiter"),
         filters=tuple(RowFilter.parse(text) for text in args.filter),
         session_gap_s=args.session_gap,
         context=context,
         title=args.title,
+        columns=_column_names(args.columns, "--columns"),
+        value=args.value,
+        value_scale=args.value_scale,
     )
+
+
+def _item_file(args: argparse.Namespace, mapping: CsvMapping | None) -> ItemFile | None:
+    """The --items options as an :class:`ItemFile`; options without --items are mistakes."""
+    if args.items is None:
+        given = ("items_columns", "items_delimiter", "item_key", "item_title", "item_categories")
+        for option in given:
+            if getattr(args, option) is not None:
+                raise LogError(f"--{option.replace('_', '-')} needs --items (the item file)")
+        return None
+    key = args.item_key or (mapping.item if mapping is not None else None)
+    if key is None:
+        raise LogError("--items: name its column of item ids with --item-key")
+    if not args.item_categories_separator:
+        raise LogError("--item-categories-separator: must not be empty")
+    delimiter = (
+        _delimiter(args.items_delimiter, "--items-delimiter")
+        if args.items_delimiter is not None
+        else (mapping.delimiter if mapping is not None else ",")
+    )
+    return ItemFile(
+        path=args.items,
+        key=key,
+        title=args.item_title,
+        categories=args.item_categories,
+        categories_separator=args.item_categories_separator,
+        columns=_column_names(args.items_columns, "--items-columns"),
+        delimiter=delimiter,
+    )
+
+
+def _delimiter(text: str, option: str) -> str:
+    """``\\t`` as typed in a shell stands for a tab; an empty separator splits nothing."""
+    if not text:
+        raise LogError(f"{option}: must not be empty")
+    return "\t" if text == "\\t" else text
+
+
+def _column_names(text: str | None, option: str) -> tuple[str, ...] | None:
+    """``a,b,c`` as names; each must be given once, so a row maps to one dict."""
+    if text is None:
+        return None
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise LogError(f"{option} {text!r}: an empty column name")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise LogError(f"{option} {text!r}: {', '.join(twice)} named twice")
+    return names
 
 
 def _baseline_names(text: str) -> list[str]:
@@ -387,6 +525,7 @@ def _run_record(
 ) -> dict[str, Any]:
     return {
         "log": str(args.log),
+        "items": None if args.items is None else str(args.items),
         "events": len(log.events),
         "k": args.k,
         "warmup": args.warmup,

@@ -22,11 +22,14 @@ from worker.recommend.signals import event_weight
 from worker.state.user import UserState, UserWrite
 
 __all__ = [
+    "SPLITS",
     "MemoryStates",
     "Model",
     "ModelScore",
+    "SplitCount",
     "StateStore",
     "TailorModel",
+    "history_split",
     "micro_batches",
     "replay",
 ]
@@ -36,6 +39,16 @@ CURVE_POINTS = 100
 #: An event is "cold" when its user had fewer earlier events than this: what a new
 #: customer sees, where trending and segments have to stand in for a missing history.
 COLD_EVENTS = 5
+#: Users with more earlier events than this have a long history ("more"); between
+#: COLD_EVENTS and this, a short one ("5-50").
+LONG_HISTORY = 50
+#: The splits of the scored events, each with HR and MRR at the largest K. By the user's
+#: earlier events (all types, since their last ``forget``): "first" (< COLD_EVENTS, the
+#: cold@K figure), "5-50", "more" (> LONG_HISTORY). By the item: "seen" when an earlier
+#: event of the user (any type, since their last ``forget``) was on the same item, else
+#: "new". A recommender that only re-lists what a user had shines on "seen" and not on
+#: "new", one that finds neighbours the other way round: the overall figure hides which.
+SPLITS = ("first", "5-50", "more", "seen", "new")
 
 
 class Model(Protocol):
@@ -133,6 +146,34 @@ def micro_batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
         yield batch
 
 
+def history_split(earlier: int) -> str:
+    """The split of an event whose user had ``earlier`` events before it."""
+    if earlier < COLD_EVENTS:
+        return "first"
+    return "5-50" if earlier <= LONG_HISTORY else "more"
+
+
+@dataclass(slots=True)
+class SplitCount:
+    """Counts of one split at the largest K: scored events, hits, sum of 1/rank."""
+
+    counted: int = 0
+    hits: int = 0
+    reciprocal_ranks: float = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.counted if self.counted else 0.0
+
+    @property
+    def mrr(self) -> float:
+        return self.reciprocal_ranks / self.counted if self.counted else 0.0
+
+
+def _empty_splits() -> dict[str, SplitCount]:
+    return {name: SplitCount() for name in SPLITS}
+
+
 @dataclass(slots=True)
 class ModelScore:
     """One model's counts over the scored part of a replay."""
@@ -147,8 +188,7 @@ class ModelScore:
     events: int = 0
     #: (events replayed, HR@K of the window since the previous point, HR@K so far)
     curve: list[tuple[int, float, float]] = field(default_factory=list)
-    cold_counted: int = 0
-    cold_hits: int = 0  # at the largest K
+    splits: dict[str, SplitCount] = field(default_factory=_empty_splits)
     _window_counted: int = 0
     _window_hits: int = 0
 
@@ -159,9 +199,18 @@ class ModelScore:
         return self.reciprocal_ranks.get(k, 0.0) / self.counted if self.counted else 0.0
 
     @property
+    def cold_counted(self) -> int:
+        """Scored events of users with fewer than :data:`COLD_EVENTS` earlier events."""
+        return self.splits["first"].counted
+
+    @property
+    def cold_hits(self) -> int:
+        return self.splits["first"].hits
+
+    @property
     def cold_hit_rate(self) -> float:
-        """HR at the largest K over cold events only (see :data:`COLD_EVENTS`)."""
-        return self.cold_hits / self.cold_counted if self.cold_counted else 0.0
+        """HR at the largest K over cold events only: the "first" split."""
+        return self.splits["first"].hit_rate
 
     def coverage(self, catalog: set[str]) -> float:
         """Share of the catalog that appeared in a scored list (unknown items do not count)."""
@@ -171,18 +220,26 @@ class ModelScore:
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
-    def count(self, item_id: str, shown: Sequence[str], cold: bool = False) -> None:
-        """Score one event against the list the user had before it."""
+    def count(self, item_id: str, shown: Sequence[str], *, earlier: int, seen: bool) -> None:
+        """Score one event against the list the user had before it.
+
+        ``earlier`` is the user's number of earlier events and ``seen`` whether one of them
+        was on this item: they pick the event's splits (see :data:`SPLITS`).
+        """
         self.counted += 1
         self._window_counted += 1
-        self.cold_counted += cold
+        splits = (self.splits[history_split(earlier)], self.splits["seen" if seen else "new"])
+        for split in splits:
+            split.counted += 1
         top = max(self.ks)
         self.shown.update(shown[:top])
         try:
             rank = shown.index(item_id, 0, top) + 1
         except ValueError:
             return
-        self.cold_hits += cold
+        for split in splits:
+            split.hits += 1
+            split.reciprocal_ranks += 1.0 / rank
         for k in self.ks:
             if rank <= k:
                 self.hits[k] = self.hits.get(k, 0) + 1
@@ -196,6 +253,37 @@ class ModelScore:
             window = self._window_hits / self._window_counted
             self.curve.append((replayed, window, self.hits.get(max(self.ks), 0) / self.counted))
         self._window_counted = self._window_hits = 0
+
+
+class _Past:
+    """What each user did before the current batch: the events and items of the splits.
+
+    Counted over every event (scored or not, any type), and cleared by a ``forget``: a
+    forgotten user starts cold again, as the worker has nothing left of them.
+    """
+
+    def __init__(self) -> None:
+        self.events: dict[str, int] = {}
+        self.items: dict[str, set[str]] = {}
+
+    def before(self, batch: Sequence[Event]) -> tuple[list[int], list[bool]]:
+        """Each event's earlier-event count and whether its item was had before; then
+        takes the batch in (a batch holds one event per user, so order does not matter).
+        """
+        earlier = [self.events.get(event.user_id, 0) for event in batch]
+        seen = [
+            event.item_id is not None and event.item_id in self.items.get(event.user_id, ())
+            for event in batch
+        ]
+        for event in batch:
+            if event.type is EventType.FORGET:
+                self.events.pop(event.user_id, None)
+                self.items.pop(event.user_id, None)
+                continue
+            self.events[event.user_id] = self.events.get(event.user_id, 0) + 1
+            if event.item_id is not None:
+                self.items.setdefault(event.user_id, set()).add(event.item_id)
+        return earlier, seen
 
 
 def replay(
@@ -213,22 +301,21 @@ def replay(
     scored_from = int(len(events) * warmup)
     window = max(1, (len(events) - scored_from) // CURVE_POINTS)
     replayed = 0
-    history: dict[str, int] = {}  # events seen per user, for the cold-start figure
+    past = _Past()
     for batch in micro_batches(events, batch_size):
         latest = list({event.user_id: event for event in batch}.values())
-        cold = [history.get(event.user_id, 0) < COLD_EVENTS for event in batch]
-        for event in batch:
-            if event.type is EventType.FORGET:
-                history.pop(event.user_id, None)  # a forgotten user starts cold again
-            else:
-                history[event.user_id] = history.get(event.user_id, 0) + 1
+        earlier, seen = past.before(batch)
         for model, score, shown in zip(models, scores, lists, strict=True):
-            for position, event in enumerate(batch, start=replayed):
-                if position < scored_from or event.item_id is None or event_weight(event) <= 0:
+            for offset, event in enumerate(batch):
+                if (
+                    replayed + offset < scored_from
+                    or event.item_id is None
+                    or event_weight(event) <= 0
+                ):
                     continue
                 previous = shown.get(event.user_id)
                 if previous is not None:
-                    score.count(event.item_id, previous, cold[position - replayed])
+                    score.count(event.item_id, previous, earlier=earlier[offset], seen=seen[offset])
             started = time.perf_counter()
             model.learn(batch)
             refreshed = model.recommend(latest, k)

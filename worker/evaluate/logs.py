@@ -1,9 +1,11 @@
 """Interaction logs for the evaluation harness, read as they are published.
 
 Two inputs: JSONL in Tailor's own event schema (what producers send to the events topic),
-and CSV with a column mapping, so a public log needs no conversion script. Rows are
-filtered by simple ``COLUMN OP VALUE`` conditions rather than code, so a command line can
-be written down in a README and read by anyone.
+and delimited text (CSV, TSV, MovieLens-style ``::``) with a column mapping, so a public
+log needs no conversion script. Rows are filtered by simple ``COLUMN OP VALUE``
+conditions rather than code, so a command line can be written down in a README and read
+by anyone. A separate item table (MovieLens' ``movies.dat``) can give the catalog: titles
+and genres, which Tailor's content features read as words and categories.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,12 +26,15 @@ from pydantic import ValidationError
 from worker.contract import CatalogItem, Event, EventType
 
 __all__ = [
+    "RATING_SCALE",
     "CsvMapping",
+    "ItemFile",
     "LoadedLog",
     "LogError",
     "RowFilter",
     "load_log",
     "read_catalog",
+    "read_items",
 ]
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
@@ -39,6 +45,12 @@ _REPLAY_CONTEXT = {
     "now": datetime(9000, 1, 1, tzinfo=UTC),
     "min_event_time": datetime(1, 1, 1, tzinfo=UTC),
 }
+#: Tailor reads a ``rate`` event's value on a 5-star scale (``event_weight``: value - 3),
+#: so ratings out of another maximum are rescaled to it (``value_scale``).
+RATING_SCALE = 5.0
+#: Words of a title kept as tags; genres come first and are always kept.
+_TITLE_TAGS = 32
+_MAX_TAGS = 64
 
 
 class LogError(ValueError):
@@ -86,7 +98,12 @@ class RowFilter:
 
 @dataclass(frozen=True, slots=True)
 class CsvMapping:
-    """Which CSV columns hold what; only ``item`` and ``time`` are required."""
+    """Which columns hold what; only ``item`` and ``time`` are required.
+
+    ``delimiter`` may be longer than one character (MovieLens' ``::``); such files are
+    split line by line, without CSV quoting. ``columns`` names the columns of a file that
+    has no header line.
+    """
 
     item: str
     time: str
@@ -100,6 +117,27 @@ class CsvMapping:
     session_gap_s: float | None = None
     context: dict[str, str] = field(default_factory=dict)  # Context field -> column
     title: str | None = None  # a column of item text: the catalog for content features
+    columns: tuple[str, ...] | None = None  # a header-less file's column names
+    value: str | None = None  # a numeric column: the event's value (e.g. a rating)
+    value_scale: float | None = None  # values out of this maximum, rescaled to RATING_SCALE
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFile:
+    """A separate item table (MovieLens' ``movies.dat``): the catalog of the replay.
+
+    Every row becomes a :class:`CatalogItem`: its title's words are tags, its first
+    category is the item's category and all its categories are tags too, so a genre
+    reaches Tailor's content features both as a category and as a word.
+    """
+
+    path: Path
+    key: str  # the column of item ids, matching the log's item ids
+    title: str | None = None
+    categories: str | None = None  # a column of categories, e.g. Crime|Drama
+    categories_separator: str = "|"
+    columns: tuple[str, ...] | None = None  # a header-less file's column names
+    delimiter: str = ","
 
 
 @dataclass(slots=True)
@@ -117,14 +155,34 @@ def load_log(
     mapping: CsvMapping | None = None,
     catalog_path: Path | None = None,
     limit: int | None = None,
+    items: ItemFile | None = None,
 ) -> LoadedLog:
-    """Events in time order (stable: rows with equal times keep their file order)."""
+    """Events in time order; rows with equal times keep their file order.
+
+    The whole file is read and sorted before ``limit`` cuts it, so the first ``limit``
+    events are the earliest ones even when the file is sorted by user (MovieTweetings).
+    The catalog learnt from a ``title`` column holds the items of the kept events only;
+    an item file or a catalog file is kept whole, as a live catalog would be.
+    """
     if not path.exists():
         raise LogError(f"{path}: no such file")
-    log = _read_jsonl(path, limit) if mapping is None else _read_csv(path, mapping, limit)
+    titles: dict[str, tuple[datetime, int, str]] = {}
+    log = _read_jsonl(path) if mapping is None else _read_csv(path, mapping, titles)
+    log.events.sort(key=lambda event: event.timestamp)
+    if mapping is not None and mapping.session_gap_s is not None:
+        _cut_sessions(log, mapping.session_gap_s)
+    if limit is not None:
+        del log.events[limit:]
+    kept = {event.item_id for event in log.events}
+    log.catalog = {
+        item_id: _catalog_item(item_id, text)
+        for item_id, (_, _, text) in titles.items()
+        if item_id in kept
+    }
+    if items is not None:
+        log.catalog.update(read_items(items))
     if catalog_path is not None:
         log.catalog.update(read_catalog(catalog_path))
-    log.events.sort(key=lambda event: event.timestamp)
     return log
 
 
@@ -143,12 +201,45 @@ def read_catalog(path: Path) -> dict[str, CatalogItem]:
     return items
 
 
-def _read_jsonl(path: Path, limit: int | None) -> LoadedLog:
+def read_items(items: ItemFile) -> dict[str, CatalogItem]:
+    """Every row of an item table as a catalog item; a bad row stops the run, naming it."""
+    if not items.path.exists():
+        raise LogError(f"--items {items.path}: no such file")
+    table = _Table(items.delimiter, items.columns, "--items-columns", "--items-delimiter")
+    catalog: dict[str, CatalogItem] = {}
+    with _open_text(items.path) as handle:
+        names, rows = _read_table(handle, table, items.path)
+        _require_columns(
+            names,
+            {
+                "--item-key": items.key,
+                "--item-title": items.title,
+                "--item-categories": items.categories,
+            },
+            f"the items file {items.path.name}",
+            table,
+        )
+        for number, row in rows:
+            item_id = _clean_id(row[items.key])
+            if not item_id:
+                raise LogError(f"--item-key {items.key}: empty on line {number} of {items.path}")
+            text = row[items.title] if items.title else ""
+            categories = (
+                row[items.categories].split(items.categories_separator) if items.categories else []
+            )
+            try:
+                catalog[item_id] = _catalog_item(item_id, text, categories)
+            except ValidationError as error:
+                raise LogError(
+                    f"--items {items.path}: line {number}: not a catalog item: {_first(error)}"
+                ) from None
+    return catalog
+
+
+def _read_jsonl(path: Path) -> LoadedLog:
     log = LoadedLog([], {})
     with _open_text(path) as handle:
         for line in handle:
-            if limit is not None and len(log.events) >= limit:
-                break
             if not line.strip():
                 continue
             log.rows_read += 1
@@ -160,33 +251,44 @@ def _read_jsonl(path: Path, limit: int | None) -> LoadedLog:
     return log
 
 
-def _read_csv(path: Path, mapping: CsvMapping, limit: int | None) -> LoadedLog:
+def _read_csv(
+    path: Path, mapping: CsvMapping, titles: dict[str, tuple[datetime, int, str]]
+) -> LoadedLog:
+    """The rows as events in file order; ``titles`` gets each item's earliest title."""
     if mapping.user is None and mapping.session is None:
         raise LogError("a CSV log needs --user or --session (the session then stands for a user)")
     log = LoadedLog([], {})
     parse_time = _time_parser(mapping.time_format)
-    sessions = _SessionCutter(mapping.session_gap_s)
+    table = _Table(mapping.delimiter, mapping.columns, "--columns", "--delimiter")
     with _open_text(path) as handle:
-        reader = csv.DictReader(handle, delimiter=mapping.delimiter)
-        _check_columns(reader.fieldnames or [], mapping)
-        for number, row in enumerate(reader, start=2):
-            if limit is not None and len(log.events) >= limit:
-                break
+        names, rows = _read_table(handle, table, path)
+        _check_columns(names, mapping, table)
+        for number, row in rows:
             log.rows_read += 1
             if not all(condition.keeps(row) for condition in mapping.filters):
                 log.rows_dropped += 1
                 continue
             try:
-                event = _event_of(row, number, mapping, parse_time, sessions)
+                event = _event_of(row, number, mapping, parse_time)
             except (ValueError, ValidationError) as error:
                 log.rows_invalid += 1
                 detail = _first(error) if isinstance(error, ValidationError) else str(error)
-                log.first_error = log.first_error or f"row {number}: {detail}"
+                log.first_error = log.first_error or f"line {number}: {detail}"
                 continue
             log.events.append(event)
-            if mapping.title and event.item_id and event.item_id not in log.catalog:
-                log.catalog[event.item_id] = _catalog_item(event.item_id, row[mapping.title])
+            if mapping.title and event.item_id:
+                _keep_earliest(titles, event, number, row[mapping.title])
     return log
+
+
+def _keep_earliest(
+    titles: dict[str, tuple[datetime, int, str]], event: Event, number: int, text: str
+) -> None:
+    """An item's title is the one of its earliest event (file order breaks ties)."""
+    assert event.item_id is not None
+    known = titles.get(event.item_id)
+    if known is None or (event.timestamp, number) < known[:2]:
+        titles[event.item_id] = (event.timestamp, number, text)
 
 
 def _event_of(
@@ -194,7 +296,6 @@ def _event_of(
     number: int,
     mapping: CsvMapping,
     parse_time: Callable[[str], datetime],
-    sessions: _SessionCutter,
 ) -> Event:
     user = _clean_id(row[mapping.user]) if mapping.user else ""
     session = _clean_id(row[mapping.session]) if mapping.session else None
@@ -203,8 +304,6 @@ def _event_of(
         if session is None:
             raise ValueError(f"empty {mapping.user} (filter such rows out with --filter)")
         user = session
-    if session is None and mapping.session_gap_s is not None:
-        session = sessions.session_of(user, when.timestamp())
     kind = row[mapping.type].strip().lower() if mapping.type else mapping.default_type.value
     return Event.model_validate(
         {
@@ -212,6 +311,7 @@ def _event_of(
             "user_id": user,
             "item_id": _clean_id(row[mapping.item]),
             "type": kind,
+            "value": _value_of(row, mapping),
             "timestamp": when,
             "session_id": session,
             "context": {name: row[column].strip() for name, column in mapping.context.items()},
@@ -220,15 +320,52 @@ def _event_of(
     )
 
 
+def _value_of(row: dict[str, str], mapping: CsvMapping) -> float | None:
+    """The ``value`` column as a number, rescaled to 5 stars when ``value_scale`` is set."""
+    if mapping.value is None:
+        return None
+    text = row[mapping.value].strip()
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"--value {mapping.value}: {text!r} is not a number")
+    if mapping.value_scale is not None:
+        number *= RATING_SCALE / mapping.value_scale
+    return number
+
+
+def _cut_sessions(log: LoadedLog, gap_s: float) -> None:
+    """Sessions for events without one, cut at gaps; on time-sorted events only.
+
+    Cutting in file order would be wrong for a log sorted by user: a user's rows need
+    not be in time order there, and gaps between them mean nothing.
+    """
+    cutter = _SessionCutter(gap_s)
+    events: list[Event] = []
+    for event in log.events:
+        if event.session_id is not None:
+            events.append(event)
+            continue
+        data = event.model_dump()
+        data["session_id"] = cutter.session_of(event.user_id, event.epoch_seconds)
+        try:
+            events.append(Event.model_validate(data, context=_REPLAY_CONTEXT))
+        except ValidationError as error:
+            log.rows_invalid += 1
+            log.first_error = log.first_error or f"{event.event_id}: {_first(error)}"
+    log.events = events
+
+
 class _SessionCutter:
     """Cuts each user's events into sessions at gaps longer than ``gap_s``."""
 
-    def __init__(self, gap_s: float | None) -> None:
+    def __init__(self, gap_s: float) -> None:
         self.gap_s = gap_s
         self._last: dict[str, tuple[float, int]] = {}
 
     def session_of(self, user: str, at: float) -> str:
-        assert self.gap_s is not None
         last_at, number = self._last.get(user, (at, 0))
         if at - last_at > self.gap_s:
             number += 1
@@ -236,10 +373,81 @@ class _SessionCutter:
         return f"{user}#{number}"
 
 
-def _catalog_item(item_id: str, text: str) -> CatalogItem:
+def _catalog_item(item_id: str, text: str, categories: Iterable[str] = ()) -> CatalogItem:
+    """Title words as tags; the first category as the category, and all as tags."""
     title = " ".join(text.split())[:200] or item_id
-    tags = sorted({word.lower() for word in _WORD.findall(title)})[:32]
-    return CatalogItem(item_id=item_id, title=title, tags=tags)
+    names = list(dict.fromkeys(name.strip() for name in categories if name.strip()))
+    words = sorted({word.lower() for word in _WORD.findall(title)})[:_TITLE_TAGS]
+    tags = list(dict.fromkeys([name.lower() for name in names] + words))[:_MAX_TAGS]
+    return CatalogItem(item_id=item_id, title=title, category=names[:1], tags=tags)
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """How to split a delimited file into named fields, and the options that say so."""
+
+    delimiter: str
+    columns: tuple[str, ...] | None  # None: the first line is a header
+    columns_option: str
+    delimiter_option: str
+
+
+def _read_table(
+    handle: IO[str], table: _Table, path: Path
+) -> tuple[tuple[str, ...], Iterator[tuple[int, dict[str, str]]]]:
+    """The column names, and each record as (line number, fields by name).
+
+    A one-character delimiter goes through :mod:`csv` (quoting, embedded newlines); a
+    longer one splits each line, as MovieLens' ``::`` files are written.
+    """
+    if not table.delimiter:
+        raise LogError(f"{table.delimiter_option}: must not be empty")
+    records = _records(handle, table.delimiter)
+    if table.columns is not None:
+        names = table.columns
+    else:
+        header = next(records, None)
+        names = tuple(header[1]) if header is not None else ()
+    return names, _named(records, names, table, path)
+
+
+def _records(handle: IO[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank record."""
+    if len(delimiter) == 1:
+        reader = csv.reader(handle, delimiter=delimiter)
+        for fields in reader:
+            if fields:  # csv gives [] for a blank line
+                yield reader.line_num, fields
+        return
+    for number, line in enumerate(handle, start=1):
+        text = line.rstrip("\r\n")
+        if text.strip():
+            yield number, text.split(delimiter)
+
+
+def _named(
+    records: Iterator[tuple[int, list[str]]],
+    names: tuple[str, ...],
+    table: _Table,
+    path: Path,
+) -> Iterator[tuple[int, dict[str, str]]]:
+    for number, fields in records:
+        if len(fields) != len(names):
+            raise LogError(_count_error(number, len(fields), names, table, path))
+        yield number, dict(zip(names, fields, strict=True))
+
+
+def _count_error(number: int, found: int, names: Sequence[str], table: _Table, path: Path) -> str:
+    where = f"line {number} of {path.name} has {found} field{'s' * (found != 1)}"
+    if table.columns is not None:
+        return (
+            f"{table.columns_option}: {where}, but {len(names)} columns are named "
+            f"({', '.join(names)}); is {table.delimiter_option} {table.delimiter!r} right?"
+        )
+    return (
+        f"{table.delimiter_option} {table.delimiter!r}: {where}, but the header line has "
+        f"{len(names)}"
+    )
 
 
 def _time_parser(time_format: str) -> Callable[[str], datetime]:
@@ -261,7 +469,7 @@ def _iso(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _check_columns(columns: Sequence[str], mapping: CsvMapping) -> None:
+def _check_columns(columns: Sequence[str], mapping: CsvMapping, table: _Table) -> None:
     wanted = {
         "--item": mapping.item,
         "--time": mapping.time,
@@ -269,12 +477,30 @@ def _check_columns(columns: Sequence[str], mapping: CsvMapping) -> None:
         "--session": mapping.session,
         "--type": mapping.type,
         "--title": mapping.title,
+        "--value": mapping.value,
         **{f"--context {name}": column for name, column in mapping.context.items()},
         **{f"--filter {f.column}{f.op}{f.value}": f.column for f in mapping.filters},
     }
+    _require_columns(columns, wanted, "the log", table)
+
+
+def _require_columns(
+    columns: Sequence[str], wanted: dict[str, str | None], what: str, table: _Table
+) -> None:
+    """Every named column exists; else say which option named it, and what there is."""
     for option, column in wanted.items():
         if column is not None and column not in columns:
-            raise LogError(f"{option}: no column {column!r}; the log has {', '.join(columns)}")
+            hint = (
+                f" (a file without a header line needs {table.columns_option})"
+                if table.columns is None and _looks_like_data(columns)
+                else ""
+            )
+            raise LogError(f"{option}: no column {column!r}; {what} has {', '.join(columns)}{hint}")
+
+
+def _looks_like_data(columns: Sequence[str]) -> bool:
+    """A "header" with a number in it is most likely the first row of a header-less file."""
+    return any(name.strip().replace(".", "", 1).isdigit() for name in columns)
 
 
 def _clean_id(text: str) -> str:

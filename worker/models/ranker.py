@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from river import linear_model, optim, utils
 
-__all__ = ["FEATURES", "Ranker"]
+__all__ = ["FEATURES", "TREND_TIMESCALES_S", "Ranker"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -32,15 +32,50 @@ FEATURES: tuple[str, ...] = (
     "similar",  # catalog text reads like one of the user's recent items (content-based)
     "covis_share",  # covis as a share of the user's strongest: the order co-occurrence gives
     "covis_last",  # co-visitation with the user's very latest item alone
+    *(f"trend_{name}" for name in ("1h", "1d", "7d", "30d")),  # see TREND_TIMESCALES_S
+    # Crosses with the user's own history, so one linear ranker can weigh sources
+    # differently for a newcomer and a regular, and per user where habits differ:
+    "covis_novice",  # covis_share x novice (novice = 5 / (5 + the user's events))
+    "trend_novice",  # mean of trend_* x novice
+    "taste_depth",  # taste x (1 - novice): a long history makes taste telling
+    "repeat_habit",  # repeat x the share of the user's recent events that were repeats
 )
+#: Half-lives of the relative-popularity features ``trend_*``: the ranker learns which time
+#: scale a log's interest follows (an hour on a news site, weeks for films, a season in a
+#: shop), so no half-life has to be tuned by hand.
+TREND_TIMESCALES_S: tuple[float, ...] = (3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0)
 
-_PRIOR = np.array([1.0, 0.5, 0.25, 0.25, 0.3, 0.6, 0.0, 0.0, 0.0, 0.5, 1.0, 0.5])
+#: The hand-set prior the weights start from (features not named start at 0): what a
+#: shop would guess on day one. The learned weights must beat it over a whole log.
+_PRIOR_WEIGHTS = {
+    "covis": 1.0,
+    "taste": 0.5,
+    "popularity": 0.25,
+    "segment": 0.25,
+    "content": 0.3,
+    "repeat": 0.6,
+    "similar": 0.5,
+    "covis_share": 1.0,
+    "covis_last": 0.5,
+    "trend_1d": 0.1,
+    "trend_7d": 0.1,
+}
+_PRIOR = np.array([_PRIOR_WEIGHTS.get(name, 0.0) for name in FEATURES])
+
+
+_OPTIMIZERS = {"sgd": optim.SGD, "adagrad": optim.AdaGrad, "adam": optim.Adam}
 
 
 class Ranker:
-    def __init__(self, learning_rate: float = 0.01, sync_every: int = 64) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.01,
+        l2: float = 1e-4,
+        optimizer: str = "sgd",
+        sync_every: int = 64,
+    ) -> None:
         self.model = linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), l2=1e-4, intercept_lr=0.0
+            optimizer=_OPTIMIZERS[optimizer](learning_rate), l2=l2, intercept_lr=0.0
         )
         # Warm start: River keeps its weights in a VectorDict; start it at the prior.
         self.model._weights = utils.VectorDict(dict(zip(FEATURES, _PRIOR.tolist(), strict=True)))

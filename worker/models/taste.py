@@ -1,9 +1,12 @@
-"""Taste vectors: users and items in one space, learned online with pairwise (BPR) steps.
+"""Taste vectors: items placed by who touches them together, users by what they touched.
 
-A user's vector lives in Redis with the rest of their state; item vectors live here. One
-micro-batch is one vectorised update (``np.add.at``), not a Python loop over events.
-Items start from their content vector (catalog) so that content-based and collaborative
-similarity share one score.
+Item vectors are learned online with skip-gram steps over each user's history (item2vec:
+two items one person liked move together, a popular item they did not take moves away),
+starting from their catalog content vector, so a brand-new item already sits among items
+that read alike. A user's vector is a decayed sum of the item vectors of what they
+touched, kept in Redis with the rest of their state and updated after every event: the
+long-term taste that co-visitation, which pairs items within a session, does not see.
+One micro-batch is one vectorised update (``np.add.at``), not a Python loop over events.
 """
 
 from __future__ import annotations
@@ -21,14 +24,23 @@ F32 = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
-_INIT_SCALE = 0.1
+_INIT_SCALE = 1.0  # unit-scale starts: skip-gram steps move vectors in proportion to them
+_USER_START_SCALE = 0.01  # a new user's vector: next to nothing, their first event dominates
 _BLOCK = 1024
 _USER_STARTS = 8192
 
 
 class TasteModel:
-    def __init__(self, dim: int, learning_rate: float, regularization: float, seed: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        learning_rate: float,
+        regularization: float,
+        seed: int,
+        memory: float = 0.9,
+    ) -> None:
         self.dim = dim
+        self.memory = memory
         self.learning_rate = learning_rate
         self.regularization = regularization
         self.seed = seed
@@ -66,7 +78,7 @@ class TasteModel:
         return fresh
 
     def set_content(self, row: int, vector: F32) -> None:
-        """Blend a catalog content vector into the item (a new item takes it whole)."""
+        """Blend a catalog content vector into the item's start (learning moves it on)."""
         self.ensure(row + 1)
         self.vectors[row] = 0.5 * self.vectors[row] + _INIT_SCALE * vector
 
@@ -80,38 +92,56 @@ class TasteModel:
         if starts is None:
             rng = np.random.default_rng([self.seed, -1 % 2**32])
             drawn = rng.standard_normal((_USER_STARTS, self.dim))
-            starts = self._user_starts = (drawn * (_INIT_SCALE / np.sqrt(self.dim))).astype(
+            starts = self._user_starts = (drawn * (_USER_START_SCALE / np.sqrt(self.dim))).astype(
                 np.float32
             )
         start: F32 = starts[zlib.crc32(user_id.encode("utf-8")) % _USER_STARTS].copy()
         return start
 
-    def learn(
-        self,
-        users: F32,
-        user_slot: IntArray,
-        positives: IntArray,
-        negatives: IntArray,
-        weights: FloatArray,
+    def learn_pairs(
+        self, sources: IntArray, targets: IntArray, negatives: IntArray, weights: FloatArray
     ) -> None:
-        """One BPR step per event: the user prefers ``positive`` to ``negative``.
+        """One skip-gram step per pair (item2vec): items one user touched move together.
 
-        ``users`` is the ``[n_users, dim]`` matrix of this batch's user vectors (updated in
-        place); ``user_slot[e]`` is event e's row in it; ``weights`` scale each step.
+        Each ``source`` is pulled toward its ``target`` and pushed from a ``negative``
+        drawn by the caller (popular items: the hard ones), all pairs of a micro-batch in
+        one vectorised update. Pairs span a user's history, not only a session, so the
+        vectors carry long-term taste where co-visitation carries the session.
+        """
+        if sources.size == 0:
+            return
+        self.ensure(int(max(sources.max(), targets.max(), negatives.max())) + 1)
+        vs, vt, vn = self.vectors[sources], self.vectors[targets], self.vectors[negatives]
+        pull = weights / (1.0 + np.exp(np.clip(np.einsum("ij,ij->i", vs, vt), -30, 30)))
+        push = -weights / (1.0 + np.exp(np.clip(-np.einsum("ij,ij->i", vs, vn), -30, 30)))
+        rate, reg = np.float32(self.learning_rate), np.float32(self.regularization)
+        pull32, push32 = pull.astype(np.float32)[:, None], push.astype(np.float32)[:, None]
+        np.add.at(self.vectors, sources, rate * (pull32 * vt + push32 * vn - reg * vs))
+        np.add.at(self.vectors, targets, rate * (pull32 * vs - reg * vt))
+        np.add.at(self.vectors, negatives, rate * (push32 * vs - reg * vn))
+
+    def fold(self, users: F32, user_slot: IntArray, rows: IntArray, signs: FloatArray) -> None:
+        """Fold each event's item into its user's vector: a decayed sum of unit vectors.
+
+        ``u <- memory * u + sign * v / |v|`` in event order, so a user's vector is their
+        history weighted toward the latest items (dislikes push away); one vectorised
+        step per pass over the batch's events.
         """
         if user_slot.size == 0:
             return
-        self.ensure(int(max(positives.max(), negatives.max())) + 1)
-        u = users[user_slot]
-        vp = self.vectors[positives]
-        vn = self.vectors[negatives]
-        difference = vp - vn
-        margin = np.einsum("ij,ij->i", u, difference)
-        gradient = (weights / (1.0 + np.exp(np.clip(margin, -30, 30)))).astype(np.float32)[:, None]
-        rate, reg = np.float32(self.learning_rate), np.float32(self.regularization)
-        np.add.at(users, user_slot, rate * (gradient * difference - reg * u))
-        np.add.at(self.vectors, positives, rate * (gradient * u - reg * vp))
-        np.add.at(self.vectors, negatives, rate * (-gradient * u - reg * vn))
+        self.ensure(int(rows.max()) + 1)
+        items = self.vectors[rows]
+        units = items / np.maximum(np.linalg.norm(items, axis=1, keepdims=True), 1e-12)
+        # Events of one user arrive in order; fold them one position at a time.
+        order = np.argsort(user_slot, kind="stable")
+        _, first = np.unique(user_slot[order], return_index=True)
+        position = np.arange(order.size) - np.repeat(first, np.diff(np.append(first, order.size)))
+        memory = np.float32(self.memory)
+        for step in range(int(position.max()) + 1):
+            at = order[position == step]
+            users[user_slot[at]] = memory * users[user_slot[at]] + (
+                signs[at].astype(np.float32)[:, None] * units[at]
+            )
 
     def scores(self, user: F32, rows: IntArray) -> FloatArray:
         if rows.size == 0:

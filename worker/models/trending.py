@@ -25,6 +25,44 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 _MAX_SEGMENTS = 512
+#: Relative popularity is read as log(1 + R * score / top score) / log(1 + R): 1 for the
+#: top item, about 0.5 for one at 1/30 of it, 0 for an item nobody touched.
+_RELATIVE_RANGE = 1000.0
+
+
+class _Timescale:
+    """Popularity at one half-life: the ranker weighs the time scales, a log picks none.
+
+    Films are rated in the weeks after their release, a shop's best sellers last a
+    season, a news site's clicks an hour: which of these matters is learned per log by the
+    ranker from features at several half-lives, not chosen by hand.
+    """
+
+    def __init__(self, half_life_s: float) -> None:
+        self.clock = DecayClock(half_life_s)
+        self.scores: FloatArray = np.zeros(0, dtype=np.float64)
+        self.top: IntArray = np.zeros(0, dtype=np.int64)
+        self.peak = 0.0
+
+    def observe(self, rows: IntArray, weights: FloatArray, times: FloatArray) -> None:
+        factor = self.clock.advance(float(times.max()))
+        if factor is not None:
+            self.scores /= factor
+        self.scores = grow_rows(self.scores, int(rows.max()) + 1)
+        np.add.at(self.scores, rows, weights * self.clock.weights(times))
+
+    def refresh(self, n: int) -> None:
+        self.top = _top_rows(self.scores, n) if n > 0 else self.top[:0]
+        self.peak = float(self.scores.max(initial=0.0))
+
+    def relative(self, rows: IntArray) -> FloatArray:
+        if self.peak <= 0:
+            return np.zeros(rows.size)
+        inside = (rows >= 0) & (rows < self.scores.size)
+        values = np.where(inside, self.scores[np.where(inside, rows, 0)], 0.0)
+        shares = np.minimum(values / self.peak, 1.0)
+        out: FloatArray = np.log1p(_RELATIVE_RANGE * shares) / np.log1p(_RELATIVE_RANGE)
+        return out
 
 
 class Trending:
@@ -35,8 +73,12 @@ class Trending:
         segment_size: int,
         refresh_every: int = 1000,
         segment_half_life_events: int = 10_000,
+        timescales_s: Sequence[float] = (),
+        timescale_top: int = 0,
     ) -> None:
         self.clock = DecayClock(half_life_s)
+        self.timescales = [_Timescale(half_life) for half_life in timescales_s]
+        self.timescale_top = timescale_top
         self.top_size = top_size
         self.segment_size = segment_size
         self.refresh_every = refresh_every
@@ -64,6 +106,9 @@ class Trending:
         scaled = weights * self.clock.weights(times)
         valid = rows >= 0
         np.add.at(self.scores, rows[valid], scaled[valid])
+        if valid.any():
+            for timescale in self.timescales:
+                timescale.observe(rows[valid], weights[valid], times[valid])
         repeats = np.maximum(np.rint(weights), 1).astype(np.int64).tolist()
         for row, times_counted, keys in zip(rows.tolist(), repeats, segments, strict=True):
             if row < 0:
@@ -85,6 +130,8 @@ class Trending:
         self._since_refresh = 0
         self.version += 1
         self._top = _top_rows(self.scores, self.top_size)
+        for timescale in self.timescales:
+            timescale.refresh(self.timescale_top)
         self._segment_top = {}
         self._segment_by_row = {}
         for key, counter in self.segments.items():
@@ -97,6 +144,20 @@ class Trending:
 
     def top(self) -> IntArray:
         return self._top
+
+    def timescale_tops(self) -> list[IntArray]:
+        """The most popular items at each extra time scale (trending candidates)."""
+        return [timescale.top for timescale in self.timescales]
+
+    def relative(self, rows: IntArray) -> FloatArray:
+        """``[timescales, rows]`` popularity relative to each scale's top item, in [0, 1].
+
+        Relative to the top rather than to the traffic, so a weight the ranker learns on a
+        quiet night means the same at the Christmas peak.
+        """
+        if not self.timescales:
+            return np.zeros((0, rows.size))
+        return np.stack([timescale.relative(rows) for timescale in self.timescales])
 
     def segment_top(self, key: str) -> tuple[IntArray, FloatArray]:
         empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64))

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from worker.config import RecommenderPart
 from worker.contract import Event
-from worker.models.ranker import FEATURES
+from worker.models.ranker import FEATURES, TREND_TIMESCALES_S
 from worker.state.user import UserState
 
 if TYPE_CHECKING:
@@ -40,14 +40,15 @@ _CATEGORY_CANDIDATES = 20
 _CATEGORIES_PER_USER = 3
 _REPEAT_DECAY = 0.9
 _NO_ROW = -1
+_NOVICE_EVENTS = 5.0  # a user with this many events is half novice, half regular
 #: Feature columns (ranker.FEATURES order) that belong to each part: off means not used.
 _FEATURES_OF: dict[RecommenderPart, list[int]] = {
-    "covis": [0, 10, 11],
-    "taste": [1],
-    "trending": [2, 6, 7],
+    "covis": [0, 10, 11, 16],
+    "taste": [1, 18],
+    "trending": [2, 6, 7, 12, 13, 14, 15, 17],
     "segment": [3, 8],
     "content": [4, 9],
-    "repeat": [5],
+    "repeat": [5, 19],
 }
 
 
@@ -122,7 +123,9 @@ def gather_candidates(
     """Every user's candidates from every source, with features, in one pass."""
     settings = rec.settings
     users = len(states)
-    recent, anchors = _recent_and_anchors(rec, states)
+    recent, anchors, habit = _recent_and_anchors(rec, states)
+    events = np.array([state.events for state in states], dtype=np.float64)
+    novice = (_NOVICE_EVENTS / (_NOVICE_EVENTS + events))[:, None]
     # A part that is off costs nothing: its candidates and features are not computed.
     taste_on, segment_on = settings.part_on("taste"), settings.part_on("segment")
     vectors = np.stack([state.vector for state in states]).astype(np.float32) if taste_on else None
@@ -145,9 +148,12 @@ def gather_candidates(
     latest = latest.reshape(users, -1)
 
     pool = rec.trending.top()
-    trending = np.broadcast_to(
-        pool[: settings.trending_pool], (users, min(pool.size, settings.trending_pool))
+    per_scale = max(1, settings.trending_pool // 4)
+    trending_pool = np.concatenate(
+        [pool[: settings.trending_pool]]
+        + [top[:per_scale] for top in rec.trending.timescale_tops()]
     )
+    trending = np.broadcast_to(trending_pool, (users, trending_pool.size))
     members: dict[str, list[int]] = {}  # segment -> the users of this batch in it
     for slot, context in enumerate(contexts if segment_on else ()):
         for key in context.segments:
@@ -209,6 +215,9 @@ def gather_candidates(
         features[..., 1] = _cosine(rec.taste.vectors[safe_rows], vectors)
     popularity = rec.trending.normalised(safe_rows.ravel()).reshape(rows.shape)
     features[..., 2] = popularity
+    features[..., 12:16] = rec.trending.relative(safe_rows.ravel()).T.reshape(
+        *rows.shape, len(TREND_TIMESCALES_S)
+    )
     segment = np.zeros(rows.shape)
     for key, slots in members.items():
         scores = rec.trending.segment_normalised(key, safe_rows[slots].ravel())
@@ -232,6 +241,10 @@ def gather_candidates(
     features[..., 6] = popularity * evening[:, None]
     features[..., 7] = popularity * weekend[:, None]
     features[..., 8] = segment * mobile[:, None]
+    features[..., 16] = features[..., 10] * novice
+    features[..., 17] = features[..., 12:16].mean(axis=2) * novice
+    features[..., 18] = features[..., 1] * (1.0 - novice)
+    features[..., 19] = features[..., 5] * habit[:, None]
     features[~valid] = 0.0
     for part, columns in _FEATURES_OF.items():
         if not settings.part_on(part):
@@ -296,24 +309,26 @@ def _compact(rows: IntArray) -> tuple[IntArray, BoolArray]:
     return rows, rows != sentinel
 
 
-def _recent_and_anchors(rec: Recommender, states: Sequence[UserState]) -> tuple[IntArray, IntArray]:
-    """Recent rows newest first, and the first few distinct ones as co-visitation anchors."""
+def _recent_and_anchors(
+    rec: Recommender, states: Sequence[UserState]
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Recent rows newest first, the first few distinct ones as co-visitation anchors, and
+    each user's repeat habit: the share of their recent events that re-touched an item
+    (retail customers reorder, film watchers do not; some people do both)."""
     width = max(1, rec.settings.recent_window)
     reach = rec.settings.covis_recent
     recent = np.full((len(states), width), _NO_ROW, dtype=np.int64)
     anchors = np.full((len(states), reach), _NO_ROW, dtype=np.int64)
+    habit = np.zeros(len(states))
     lookup = rec.index.lookup
     for slot, state in enumerate(states):
         rows = [lookup(interaction.item_id) for interaction in reversed(state.recent)][:width]
         recent[slot, : len(rows)] = rows
-        distinct: list[int] = []
-        for row in rows:
-            if row >= 0 and row not in distinct:
-                distinct.append(row)
-                if len(distinct) == reach:
-                    break
-        anchors[slot, : len(distinct)] = distinct
-    return recent, anchors
+        distinct = list(dict.fromkeys(row for row in rows if row >= 0))
+        anchors[slot, : min(reach, len(distinct))] = distinct[:reach]
+        if len(rows) > 1:
+            habit[slot] = (len(rows) - len(set(rows))) / (len(rows) - 1)
+    return recent, anchors, habit
 
 
 def _segment_candidates(

@@ -33,7 +33,7 @@ from worker.models.catalog import Catalog, content_vector
 from worker.models.content import ContentNeighbours, content_tokens
 from worker.models.covisitation import CoVisitation
 from worker.models.index import ItemIndex
-from worker.models.ranker import Ranker
+from worker.models.ranker import TREND_TIMESCALES_S, Ranker
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
 from worker.recommend.candidates import Candidates, UserContext, gather_candidates
@@ -118,13 +118,21 @@ class Recommender:
             top_size=max(settings.trending_pool, settings.taste_pool),
             segment_size=settings.trending_pool,
             segment_half_life_events=settings.segment_half_life_events,
+            timescales_s=TREND_TIMESCALES_S,
+            timescale_top=settings.trending_pool,
         )
         self.covis = CoVisitation(settings.covis_neighbours, settings.covis_half_life_s)
         self.content = ContentNeighbours(settings.content_neighbours)
         self.taste = TasteModel(
-            settings.vector_dim, settings.learning_rate, settings.regularization, settings.seed
+            settings.vector_dim,
+            settings.learning_rate,
+            settings.regularization,
+            settings.seed,
+            settings.taste_memory,
         )
-        self.ranker = Ranker()
+        self.ranker = Ranker(
+            settings.ranker_learning_rate, settings.ranker_l2, settings.ranker_optimizer
+        )
         self.rng = np.random.default_rng(settings.seed)
         self.deny_categories = set(settings.deny_categories)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
@@ -221,10 +229,13 @@ class Recommender:
         times: list[float] = []
         segments: list[tuple[str, ...]] = []
         pairs: tuple[list[int], list[int], list[float], list[float]] = ([], [], [], [])
+        taste_pairs: tuple[list[int], list[int], list[float]] = ([], [], [])
+        taste_window = self.settings.taste_window
         for slot, user in enumerate(users.values()):
             state = user.state
             reach = self.settings.covis_window
             recent = [(self.index.row(i.item_id), i.at) for i in state.recent[-reach:]]
+            history = [self.index.row(i.item_id) for i in state.recent[-taste_window:]]
             for envelope in user.fresh:
                 event = envelope.event
                 state.events += 1
@@ -247,7 +258,13 @@ class Recommender:
                 segments.append(UserContext.of(event).segments)
                 if weight > 0:
                     self._pairs(row, weight, event.epoch_seconds, recent, pairs)
+                    for previous in dict.fromkeys(history):
+                        if previous >= 0 and previous != row:
+                            taste_pairs[0].append(row)
+                            taste_pairs[1].append(previous)
+                            taste_pairs[2].append(weight)
                 recent = [*recent, (row, event.epoch_seconds)][-reach:]
+                history = [*history, row][-taste_window:]
         if not rows:
             return
         row_array = np.array(rows, dtype=np.int64)
@@ -264,14 +281,15 @@ class Recommender:
         if not self.settings.part_on("taste"):
             return  # user vectors stay where they started: no cost for an unused part
         user_vectors = np.stack([u.state.vector for u in users.values()])
-        negatives = self._sample_negatives(row_array.size)
-        liked = weight_array > 0
-        self.taste.learn(
-            user_vectors,
-            np.array(slots, dtype=np.int64),
-            np.where(liked, row_array, negatives),
-            np.where(liked, negatives, row_array),
-            np.abs(weight_array) / 4.0,
+        sources = np.array(taste_pairs[0], dtype=np.int64)
+        self.taste.learn_pairs(
+            sources,
+            np.array(taste_pairs[1], dtype=np.int64),
+            self._sample_negatives(sources.size),
+            np.minimum(np.array(taste_pairs[2]) / 4.0, 1.0),
+        )
+        self.taste.fold(
+            user_vectors, np.array(slots, dtype=np.int64), row_array, np.sign(weight_array)
         )
         for slot, user in enumerate(users.values()):
             user.state.vector = user_vectors[slot]

@@ -26,6 +26,9 @@ _MIN_CONTRIBUTION = 0.05
 _NEGATIVE_TYPES = frozenset({EventType.DISLIKE.value, EventType.DISMISS.value})
 _EXPLORE_DRAWS = 16
 _EXPLORE_REASON = "something new to discover"
+#: The reason code each feature column speaks through (codes fit 4 bits, see ``_pack``):
+#: popularity at any time scale says "trending now", a cross speaks as its source.
+_REASON_OF_FEATURE = np.array([*range(12), 2, 2, 2, 2, 10, 2, 1, 5], dtype=np.int64)
 
 
 def finish_lists(
@@ -178,7 +181,7 @@ def _reasons(
     categories = rec.catalog.categories_of(rows)
     used = strengths >= _MIN_CONTRIBUTION
     used[:, 1] &= used[:, 0]
-    codes = np.where(used, features, -1)
+    codes = np.where(used, _REASON_OF_FEATURE[features], -1)
     details = np.zeros(codes.shape, dtype=np.int64)
     for part in range(2):
         feature = codes[:, part]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from worker.models.index import ItemIndex
 from worker.recommend.signals import event_weight
 
 __all__ = [
+    "SHARED_PARAMS",
     "BaselineBase",
     "GrowingArray",
     "ItemScores",
@@ -32,6 +33,11 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+#: Knobs of :class:`BaselineBase` itself, which ``make_baseline`` sets on every baseline after
+#: building it: they only filter the finished list, no model's learning depends on them, so
+#: a baseline (including one added later) gets them without forwarding anything.
+SHARED_PARAMS: dict[str, type] = {"hide_seen": bool}
 
 #: Decayed counts are stored multiplied by 2**(age/half-life); rescale before float overflow.
 _MAX_EXPONENT = 600.0
@@ -193,20 +199,27 @@ class BaselineBase(ABC):
     ``hide_session`` drops the items of the user's current session from the list: on logs
     of baskets the next item is almost never one already in the basket, and Tailor has the
     same kind of filter (``just_bought_window_s``), so it is tuned like any other knob.
+    ``hide_seen`` (see :data:`SHARED_PARAMS`) drops every item the user ever had: on logs
+    where nobody consumes an item twice (film ratings) a list showing them wastes slots,
+    and a baseline that could not filter them would be a strawman there. It keeps a set of
+    rows per user, only when on; fine for an offline replay of a finite log.
     """
 
     name: str = ""
 
     def __init__(self, *, hide_session: bool, session_gap_s: float) -> None:
         self.hide_session = hide_session
+        self.hide_seen = False  # set by make_baseline (a shared param), before any learning
         self.items = ItemIndex(max_items=sys.maxsize)  # a replayed log is finite: index all
         self.popular = ItemScores()
         self.sessions = Sessions(session_gap_s)
+        self._seen: dict[str, set[int]] = {}
 
     def learn(self, events: Sequence[Event]) -> None:
         for event in events:
             if event.type is EventType.FORGET:
                 self.sessions.forget(event.user_id)
+                self._seen.pop(event.user_id, None)
                 self._forget(event.user_id)
                 continue
             if event.item_id is None:
@@ -218,27 +231,38 @@ class BaselineBase(ABC):
             self._tick(at)
             row = self.items.row(event.item_id)
             session, new_in_session = self.sessions.add(event, row, at)
+            if self.hide_seen:
+                self._seen.setdefault(event.user_id, set()).add(row)
             self.popular.add(row, weight, at)
             self._learn(event, row, weight, at, session, new_in_session)
 
     def recommend(self, events: Sequence[Event], k: int) -> list[list[str]]:
         lists: list[list[str]] = []
         for event in events:
-            hidden = self.sessions.items_of(event.user_id) if self.hide_session else []
+            hidden = self._hidden(event.user_id)
             wanted = k + len(hidden)
             ranked = self._rank(event.user_id, wanted)
             lists.append(self._finish(ranked, hidden, k, wanted))
         return lists
 
+    def _hidden(self, user_id: str) -> Collection[int]:
+        """Rows the user's list may not show (the live sets themselves: no copy per request)."""
+        if self.hide_seen:
+            return self._seen.get(user_id, ())  # the current session is part of it
+        if self.hide_session:
+            session = self.sessions.current.get(user_id)
+            return session.members if session is not None else ()
+        return ()
+
     def _finish(
-        self, ranked: Sequence[int], hidden: Sequence[int], k: int, wanted: int
+        self, ranked: Sequence[int], hidden: Collection[int], k: int, wanted: int
     ) -> list[str]:
         """Drop hidden and repeated rows, then top up from the fallback ranking if short."""
-        taken: set[int] = set(hidden)
+        taken: set[int] = set()
         rows: list[int] = []
         for source in (ranked, None):
             for row in self._fallback(wanted + len(rows)) if source is None else source:
-                if row not in taken:
+                if row not in taken and row not in hidden:
                     taken.add(row)
                     rows.append(row)
                     if len(rows) == k:
