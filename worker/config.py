@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     ranker_learning_rate: float = Field(
         0.05, gt=0, le=1, description="step size of the ranker's online updates"
     )
+    ranker_negatives: int = Field(
+        2, ge=1, le=100, description="passed-over candidates each chosen item is ranked above"
+    )
     ranker_l2: float = Field(1e-4, ge=0, le=1, description="L2 pull of the ranker's weights")
     ranker_optimizer: Literal["sgd", "adagrad", "adam"] = Field(
         "adagrad", description="the ranker's River optimiser (AdaGrad: a step per feature)"

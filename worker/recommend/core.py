@@ -47,7 +47,6 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 MODEL_VERSION = f"tailor-{__version__}"
-_NEGATIVES_PER_EVENT = 2
 _CATEGORY_CACHE_REFRESHES = 8  # category top lists follow trending, a little behind
 _REMEMBERED_CANDIDATES = 100
 
@@ -402,14 +401,15 @@ class Recommender:
         teach it to prefer what it did not show: sample other candidates instead.
         """
         taken = set(positive.tolist())
+        wanted = self.settings.ranker_negatives
         if any(item in chosen for item in last_list):
             passed = self.index.known_rows(i for i in last_list if i not in chosen)
             pool = _positions(shown.rows, passed).tolist()
             start = int(self.rng.integers(0, max(len(pool), 1)))
             pool = pool[start:] + pool[:start]  # a random pick that costs no shuffle
         else:
-            pool = self.rng.integers(0, shown.rows.size, size=2 * _NEGATIVES_PER_EVENT).tolist()
-        negatives = [p for p in pool if p not in taken][:_NEGATIVES_PER_EVENT]
+            pool = self.rng.integers(0, shown.rows.size, size=2 * wanted).tolist()
+        negatives = [p for p in pool if p not in taken][:wanted]
         return np.array(negatives, dtype=np.int64)
 
     def _remember_shown(self, user_id: str, candidates: Candidates) -> None:
