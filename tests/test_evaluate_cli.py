@@ -66,6 +66,17 @@ def test_ablation_runs_tailor_with_each_part_toggled(
     assert parts_off == {"parts_off": ["explore"]}
 
 
+def test_ablation_of_named_parts_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ablation.json"
+    argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "200", "--no-progress"]
+    assert main([*argv, "--ablate", "taste,ranker", "--baselines", "none", "--json", str(out)]) == 0
+    names = [m["name"] for m in json.loads(out.read_text())["models"]]
+    assert names == ["tailor", "tailor -taste", "tailor -ranker"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--ablate", "taste,magic"])
+    assert "unknown part 'magic'" in capsys.readouterr().err
+
+
 def test_tune_picks_from_the_grids_on_the_warmup_share_only(tmp_path: Path) -> None:
     out = tmp_path / "tuned.json"
     argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "1000", "--no-progress"]

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from worker.argtypes import positive_float, positive_int, share
-from worker.config import RECOMMENDER_PARTS, ConfigError, Settings
+from worker.config import RECOMMENDER_PARTS, ConfigError, RecommenderPart, Settings
 from worker.contract import EventType
 from worker.evaluate.baselines import BASELINE_NAMES, DEFAULT_PARAMS, make_baselines
 from worker.evaluate.harness import Model, ModelScore, StateStore, TailorModel, replay
@@ -190,9 +190,13 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     run.add_argument(
         "--ablate",
-        action="store_true",
-        help="also run Tailor with each part toggled in turn (off if on by default, on if "
-        "off): " + ", ".join(RECOMMENDER_PARTS),
+        nargs="?",
+        const=",".join(RECOMMENDER_PARTS),
+        metavar="PART,...",
+        type=_parts,
+        help="also run Tailor with each part toggled in turn (off if on, on if off): all of "
+        + ", ".join(RECOMMENDER_PARTS)
+        + ", or only the comma-separated parts given (e.g. --ablate ranker,taste)",
     )
     run.add_argument(
         "--tune",
@@ -267,7 +271,7 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
         if args.ablate:
             models += [
                 TailorModel(toggled, log.catalog, name=name)
-                for name, toggled in ablation_settings(settings)
+                for name, toggled in ablation_settings(settings, args.ablate)
             ]
         try:
             models += make_baselines(baselines, params, seed=settings.seed)
@@ -290,10 +294,12 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def ablation_settings(settings: Settings) -> list[tuple[str, Settings]]:
-    """Every part toggled in turn: ``tailor -covis`` off, ``tailor +taste`` on (if off)."""
+def ablation_settings(
+    settings: Settings, parts: Sequence[RecommenderPart] = RECOMMENDER_PARTS
+) -> list[tuple[str, Settings]]:
+    """Each part toggled in turn: ``tailor -covis`` off, ``tailor +taste`` on (if off)."""
     toggled: list[tuple[str, Settings]] = []
-    for part in RECOMMENDER_PARTS:
+    for part in parts:
         if settings.part_on(part):
             name, parts_off = f"tailor -{part}", [*settings.parts_off, part]
         else:
@@ -494,6 +500,18 @@ def _column_names(text: str | None, option: str) -> tuple[str, ...] | None:
     if twice:
         raise LogError(f"{option} {text!r}: {', '.join(twice)} named twice")
     return names
+
+
+def _parts(text: str) -> list[RecommenderPart]:
+    """``--ablate``'s comma-separated parts, each one of :data:`RECOMMENDER_PARTS`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in RECOMMENDER_PARTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown part {', '.join(unknown) or text!r}; choose from "
+            + ", ".join(RECOMMENDER_PARTS)
+        )
+    return [part for part in RECOMMENDER_PARTS if part in names]
 
 
 def _baseline_names(text: str) -> list[str]:
