@@ -12,7 +12,14 @@ import pytest
 
 from worker.config import Settings
 from worker.contract import Event
-from worker.evaluate.harness import MemoryStates, TailorModel, micro_batches, replay
+from worker.evaluate.harness import (
+    MemoryStates,
+    Model,
+    TailorModel,
+    micro_batches,
+    replay,
+    replay_in_processes,
+)
 from worker.evaluate.logs import CsvMapping, LogError, RowFilter, load_log
 
 START = datetime(2024, 3, 1, 9, tzinfo=UTC)
@@ -323,3 +330,33 @@ def test_a_forget_event_erases_the_user_in_the_harness() -> None:
     )
     replay([_event(0, "u1", "a"), _event(1, "u2", "b"), forget], [model], k=5)
     assert set(store.states) == {"u2"}
+
+
+def test_models_shared_over_processes_score_exactly_as_in_one() -> None:
+    """``--jobs``: each process replays its share of the models; the figures must not move."""
+    sample = Path(__file__).parents[1] / "worker" / "sample"
+    log = load_log(sample / "events.jsonl.gz", catalog_path=sample / "catalog.jsonl.gz")
+    events = log.events[:600]
+
+    def models() -> list[Model]:
+        return [
+            TailorModel(Settings(), log.catalog, MemoryStates()),
+            FixedLists({e.user_id: ["a", "b"] for e in events}),
+            TailorModel(Settings(parts_off=["sessions"]), log.catalog, name="no sessions"),
+        ]
+
+    alone = replay(events, models(), k=20, warmup=0.2)
+    progress: list[int] = []
+    shared = replay_in_processes(
+        events, models(), jobs=2, k=20, warmup=0.2, on_progress=progress.append
+    )
+    assert [s.name for s in shared] == ["tailor", "fixed", "no sessions"]
+    for one, other in zip(alone, shared, strict=True):
+        assert (one.counted, one.hits, one.reciprocal_ranks) == (
+            other.counted,
+            other.hits,
+            other.reciprocal_ranks,
+        )
+        assert one.curve == other.curve
+    assert alone[0].hits != alone[2].hits  # the two Tailors differ: the order is checked
+    assert progress and progress[-1] == len(events)

@@ -29,10 +29,11 @@ ENV_PREFIX = "TAILOR_"
 
 #: Parts of the recommender that can be switched off, one at a time, to see what each adds.
 RecommenderPart = Literal[
-    "covis", "taste", "trending", "segment", "content", "repeat", "ranker", "explore"
+    "covis", "sessions", "taste", "trending", "segment", "content", "repeat", "ranker", "explore"
 ]
 RECOMMENDER_PARTS: tuple[RecommenderPart, ...] = (
     "covis",
+    "sessions",
     "taste",
     "trending",
     "segment",
@@ -158,6 +159,31 @@ class Settings(BaseSettings):
     )
     covis_session_gap_s: float = Field(
         3600.0, gt=0, description="co-visits only within a session: a longer gap starts anew"
+    )
+    sessions_kept: int = Field(
+        131_072,
+        ge=16,
+        le=1 << 26,
+        description="latest sessions the similar-sessions model keeps (rounded up to a power "
+        "of two; ~100 bytes each)",
+    )
+    sessions_per_item: int = Field(
+        64, ge=1, le=10_000, description="latest sessions indexed per item (4 bytes each)"
+    )
+    session_length: int = Field(
+        20, ge=2, le=1000, description="distinct items kept per session (the first ones)"
+    )
+    session_current_items: int = Field(
+        10, ge=1, le=100, description="the current session's latest items that find neighbours"
+    )
+    session_neighbours: int = Field(
+        100, ge=1, le=10_000, description="most similar sessions whose items are candidates"
+    )
+    session_candidates: int = Field(
+        50, ge=1, le=10_000, description="similar-sessions candidates per user"
+    )
+    session_half_life_s: float = Field(
+        60 * 24 * 3600.0, gt=0, description="event-time half-life of a neighbour session's say"
     )
     vector_dim: int = Field(32, ge=2, le=512, description="taste vector dimensions")
     learning_rate: float = Field(0.05, gt=0, le=1, description="item vector (item2vec) step size")

@@ -10,6 +10,8 @@ worker publishes after every interaction.
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ __all__ = [
     "history_split",
     "micro_batches",
     "replay",
+    "replay_in_processes",
 ]
 
 #: Points on each model's HR curve (what ``--plot`` draws).
@@ -338,3 +341,62 @@ def replay(
     for score in scores:
         score.close_window(replayed)
     return scores
+
+
+def replay_in_processes(
+    events: Sequence[Event],
+    models: Sequence[Model],
+    jobs: int,
+    k: int = 20,
+    warmup: float = 0.0,
+    batch_size: int = 256,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> list[ModelScore]:
+    """:func:`replay` with the models shared out over ``jobs`` forked processes.
+
+    Models never talk to each other, so each process replays the same events through its
+    share and sends back only the scores: the figures are exactly those of one process,
+    in ``models`` order, and a long comparison takes the time of its slowest share. Fork
+    (not spawn) hands every child the models as built, Redis clients included (redis-py
+    reconnects after a fork). Progress is that of the slowest share.
+    """
+    jobs = max(1, min(jobs, len(models)))
+    if jobs == 1:
+        return replay(events, models, k, warmup, batch_size, on_progress)
+    context = multiprocessing.get_context("fork")
+    shares = [list(range(job, len(models), jobs)) for job in range(jobs)]
+    progress = context.Array("q", jobs)
+    results: multiprocessing.Queue[tuple[int, list[ModelScore]]] = context.Queue()
+
+    def run(job: int) -> None:
+        def advance(done: int) -> None:
+            progress[job] = done
+
+        share = [models[n] for n in shares[job]]
+        results.put((job, replay(events, share, k, warmup, batch_size, advance)))
+
+    processes = [context.Process(target=run, args=(job,), daemon=True) for job in range(jobs)]
+    for process in processes:
+        process.start()
+    finished: dict[int, list[ModelScore]] = {}
+    try:
+        while len(finished) < jobs:
+            try:
+                job, scores = results.get(timeout=0.5)
+                finished[job] = scores
+            except queue.Empty:
+                failed = [p for p in processes if p.exitcode not in (None, 0)]
+                if failed:
+                    raise RuntimeError(
+                        f"a replay process failed (exit code {failed[0].exitcode})"
+                    ) from None
+            on_progress(min(progress[:]))
+    finally:
+        for process in processes:
+            process.join(timeout=1.0)
+            if process.is_alive():
+                process.terminate()
+    ordered: dict[int, ModelScore] = {}
+    for job, scores in finished.items():
+        ordered.update(zip(shares[job], scores, strict=True))
+    return [ordered[n] for n in range(len(models))]

@@ -39,6 +39,8 @@ FEATURES: tuple[str, ...] = (
     "trend_novice",  # mean of trend_* x novice
     "taste_depth",  # taste x (1 - novice): a long history makes taste telling
     "repeat_habit",  # repeat x the share of the user's recent events that were repeats
+    "sessions",  # similar sessions' score, as a share of the user's best (VSTAN-style kNN)
+    "sessions_rank",  # 1 / (1 + rank) in the similar-sessions order
 )
 #: Half-lives of the relative-popularity features ``trend_*``: the ranker learns which time
 #: scale a log's interest follows (an hour on a news site, weeks for films, a season in a
@@ -59,6 +61,7 @@ _PRIOR_WEIGHTS = {
     "covis_last": 0.5,
     "trend_1d": 0.1,
     "trend_7d": 0.1,
+    "sessions": 1.0,
 }
 _PRIOR = np.array([_PRIOR_WEIGHTS.get(name, 0.0) for name in FEATURES])
 

@@ -14,7 +14,7 @@ offset by ``user * stride``, so the flattened matrix is globally sorted and a si
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.config import RecommenderPart
-from worker.contract import Event
+from worker.contract import Event, EventType
 from worker.models.ranker import FEATURES, TREND_TIMESCALES_S
 from worker.state.user import UserState
 
@@ -49,7 +49,10 @@ _FEATURES_OF: dict[RecommenderPart, list[int]] = {
     "segment": [3, 8],
     "content": [4, 9],
     "repeat": [5, 19],
+    "sessions": [20, 21],
 }
+#: Interactions that never make a session's items (what the user turned away from).
+_TURNED_AWAY = frozenset({EventType.DISLIKE.value, EventType.DISMISS.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,7 @@ def gather_candidates(
     """Every user's candidates from every source, with features, in one pass."""
     settings = rec.settings
     users = len(states)
-    recent, anchors, habit = _recent_and_anchors(rec, states)
+    recent, anchors, habit, visit = _recent_and_anchors(rec, states)
     events = np.array([state.events for state in states], dtype=np.float64)
     novice = (_NOVICE_EVENTS / (_NOVICE_EVENTS + events))[:, None]
     # A part that is off costs nothing: its candidates and features are not computed.
@@ -168,6 +171,13 @@ def gather_candidates(
         if vectors is not None
         else np.zeros((users, 0), dtype=np.int64)
     )
+    if settings.part_on("sessions"):
+        visited, visit_scores = rec.sessions.recommend(
+            [state.user_id for state in states], visit, settings.session_candidates
+        )
+    else:
+        visited = np.zeros((users, 0), dtype=np.int64)
+        visit_scores = np.zeros((users, 0))
     anchor_categories = _anchor_categories(rec, anchors)
     category = _category_candidates(rec, anchor_categories)
     similar, similarity = rec.content.neighbours_of(anchors.ravel())
@@ -179,6 +189,7 @@ def gather_candidates(
 
     sources: dict[RecommenderPart, IntArray] = {
         "covis": neighbours,
+        "sessions": visited,
         "trending": trending,
         "segment": segment_rows,
         "taste": taste,
@@ -234,6 +245,7 @@ def gather_candidates(
     decay = np.tile(_REPEAT_DECAY ** np.arange(recent.shape[1], dtype=np.float64), users)
     np.add.at(repeat, position[hit], decay[hit])
     features[..., 5] = repeat.reshape(rows.shape)
+    _visit_features(rows, visited, visit_scores, features)
 
     evening = np.array([context.hour >= 18 for context in contexts], dtype=np.float64)
     weekend = np.array([context.weekday >= 5 for context in contexts], dtype=np.float64)
@@ -258,6 +270,26 @@ def gather_candidates(
         anchor_categories,
         recent,
     )
+
+
+def _visit_features(
+    rows: IntArray, visited: IntArray, scores: FloatArray, features: npt.NDArray[np.float32]
+) -> None:
+    """The similar-sessions score as a share of the user's best, and 1 / (1 + its rank).
+
+    Both are bounded whatever the traffic: raw VSTAN scores grow with the number of
+    neighbour sessions, so a weight learned on them would drift as the log grows.
+    """
+    if visited.shape[1] == 0:
+        return
+    users = rows.shape[0]
+    position = _find(rows, np.repeat(np.arange(users), visited.shape[1]), visited.ravel())
+    hit = position >= 0
+    best = scores[:, :1]
+    share = scores / np.where(best > 0, best, 1.0)
+    rank = np.broadcast_to(1.0 / (1.0 + np.arange(visited.shape[1])), visited.shape)
+    features.reshape(-1, features.shape[-1])[position[hit], 20] = share.ravel()[hit]
+    features.reshape(-1, features.shape[-1])[position[hit], 21] = rank.ravel()[hit]
 
 
 def _cosine(items: npt.NDArray[np.float32], users: npt.NDArray[np.float32]) -> FloatArray:
@@ -311,24 +343,44 @@ def _compact(rows: IntArray) -> tuple[IntArray, BoolArray]:
 
 def _recent_and_anchors(
     rec: Recommender, states: Sequence[UserState]
-) -> tuple[IntArray, IntArray, FloatArray]:
-    """Recent rows newest first, the first few distinct ones as co-visitation anchors, and
-    each user's repeat habit: the share of their recent events that re-touched an item
-    (retail customers reorder, film watchers do not; some people do both)."""
-    width = max(1, rec.settings.recent_window)
-    reach = rec.settings.covis_recent
+) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
+    """Recent rows newest first, the first few distinct ones as co-visitation anchors,
+    each user's repeat habit (the share of their recent events that re-touched an item:
+    retail customers reorder, film watchers do not; some people do both), and the current
+    session's distinct rows, newest first (what finds similar sessions)."""
+    settings = rec.settings
+    width = max(1, settings.recent_window)
+    reach = settings.covis_recent
     recent = np.full((len(states), width), _NO_ROW, dtype=np.int64)
     anchors = np.full((len(states), reach), _NO_ROW, dtype=np.int64)
+    visit = np.full((len(states), settings.session_current_items), _NO_ROW, dtype=np.int64)
     habit = np.zeros(len(states))
     lookup = rec.index.lookup
     for slot, state in enumerate(states):
+        session = _current_session(state, settings.covis_session_gap_s, lookup)
+        session = session[: settings.session_current_items]
+        visit[slot, : len(session)] = session
         rows = [lookup(interaction.item_id) for interaction in reversed(state.recent)][:width]
         recent[slot, : len(rows)] = rows
         distinct = list(dict.fromkeys(row for row in rows if row >= 0))
         anchors[slot, : min(reach, len(distinct))] = distinct[:reach]
         if len(rows) > 1:
             habit[slot] = (len(rows) - len(set(rows))) / (len(rows) - 1)
-    return recent, anchors, habit
+    return recent, anchors, habit, visit
+
+
+def _current_session(state: UserState, gap_s: float, lookup: Callable[[str], int]) -> list[int]:
+    """The distinct rows of the user's latest session, newest first (a repeat counts where
+    it was last touched, as in VSTAN); a session ends at a gap longer than ``gap_s``."""
+    rows: list[int] = []
+    later = state.last_seen
+    for interaction in reversed(state.recent):
+        if later - interaction.at > gap_s:
+            break
+        later = interaction.at
+        if interaction.type not in _TURNED_AWAY:
+            rows.append(lookup(interaction.item_id))
+    return list(dict.fromkeys(row for row in rows if row >= 0))
 
 
 def _segment_candidates(

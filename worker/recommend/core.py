@@ -34,6 +34,7 @@ from worker.models.content import ContentNeighbours, content_tokens
 from worker.models.covisitation import CoVisitation
 from worker.models.index import ItemIndex
 from worker.models.ranker import TREND_TIMESCALES_S, Ranker
+from worker.models.sessions import SessionNeighbours
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
 from worker.recommend.candidates import Candidates, UserContext, gather_candidates
@@ -121,6 +122,14 @@ class Recommender:
             timescale_top=settings.trending_pool,
         )
         self.covis = CoVisitation(settings.covis_neighbours, settings.covis_half_life_s)
+        self.sessions = SessionNeighbours(
+            settings.sessions_kept,
+            settings.sessions_per_item,
+            settings.session_length,
+            settings.session_neighbours,
+            settings.covis_session_gap_s,
+            settings.session_half_life_s,
+        )
         self.content = ContentNeighbours(settings.content_neighbours)
         self.taste = TasteModel(
             settings.vector_dim,
@@ -206,6 +215,7 @@ class Recommender:
                 # Everything up to the last forget is erased; later events start afresh.
                 state = None
                 self._shown.pop(user_id, None)
+                self.sessions.forget(user_id)
                 envelopes = received[forgets[-1] + 1 :]
                 if not envelopes:
                     result.erased.append(user_id)
@@ -227,6 +237,7 @@ class Recommender:
         weights: list[float] = []
         times: list[float] = []
         segments: list[tuple[str, ...]] = []
+        visits: tuple[list[str], list[int], list[float]] = ([], [], [])
         pairs: tuple[list[int], list[int], list[float], list[float]] = ([], [], [], [])
         taste_pairs: tuple[list[int], list[int], list[float]] = ([], [], [])
         taste_window = self.settings.taste_window
@@ -257,6 +268,9 @@ class Recommender:
                 segments.append(UserContext.of(event).segments)
                 if weight > 0:
                     self._pairs(row, weight, event.epoch_seconds, recent, pairs)
+                    visits[0].append(state.user_id)
+                    visits[1].append(row)
+                    visits[2].append(event.epoch_seconds)
                     for previous in dict.fromkeys(history):
                         if previous >= 0 and previous != row:
                             taste_pairs[0].append(row)
@@ -277,6 +291,8 @@ class Recommender:
             np.array(pairs[2]),
             np.array(pairs[3]),
         )
+        if self.settings.part_on("sessions"):
+            self.sessions.observe(*visits)
         if not self.settings.part_on("taste"):
             return  # user vectors stay where they started: no cost for an unused part
         user_vectors = np.stack([u.state.vector for u in users.values()])

@@ -28,7 +28,7 @@ _EXPLORE_DRAWS = 16
 _EXPLORE_REASON = "something new to discover"
 #: The reason code each feature column speaks through (codes fit 4 bits, see ``_pack``):
 #: popularity at any time scale says "trending now", a cross speaks as its source.
-_REASON_OF_FEATURE = np.array([*range(12), 2, 2, 2, 2, 10, 2, 1, 5], dtype=np.int64)
+_REASON_OF_FEATURE = np.array([*range(12), 2, 2, 2, 2, 10, 2, 1, 5, 12, 12], dtype=np.int64)
 
 
 def finish_lists(
@@ -314,6 +314,8 @@ class _ReasonTexts:
             )
         if feature == 5:
             return "you showed interest in this before"
+        if feature == 12:
+            return "chosen in visits like yours"
         if feature == 9:
             if detail < 0:
                 return None
