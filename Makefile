@@ -12,10 +12,10 @@ help:  ## list the targets
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,neural]"
 	touch $@
 
-install: $(BIN)/.installed  ## virtual environment with the package and its dev tools
+install: $(BIN)/.installed  ## virtual environment with the package, its dev tools and the neural extra
 
 tools:  ## Debian packages the integration tests use (redis-server, kcat)
 	bash deploy/local/install-tools.sh

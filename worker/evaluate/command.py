@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -18,7 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worker.argtypes import positive_float, positive_int, share
 from worker.config import RECOMMENDER_PARTS, ConfigError, RecommenderPart, Settings
 from worker.contract import EventType
-from worker.evaluate.baselines import BASELINE_NAMES, DEFAULT_PARAMS, make_baselines
+from worker.evaluate.baselines import (
+    BASELINE_NAMES,
+    DEFAULT_PARAMS,
+    installed,
+    make_baselines,
+    missing_extra,
+)
 from worker.evaluate.harness import Model, ModelScore, StateStore, TailorModel, replay
 from worker.evaluate.logs import (
     CsvMapping,
@@ -32,6 +39,8 @@ from worker.evaluate.report import results_json, results_table, write_plot
 from worker.evaluate.tuning import best_params, tune
 
 __all__ = ["add_evaluate_parser", "evaluate"]
+
+logger = logging.getLogger("tailor.evaluate")
 
 _EXAMPLE = """\
 example (the UCI Online Retail log, as published):
@@ -185,8 +194,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     run.add_argument(
         "--baselines",
-        default=",".join(BASELINE_NAMES),
-        help=f"comma-separated baselines, or none (default {','.join(BASELINE_NAMES)})",
+        help=f"comma-separated baselines, or none (default all: {','.join(BASELINE_NAMES)}; "
+        "those whose optional extra is missing are skipped with a warning)",
     )
     run.add_argument(
         "--ablate",
@@ -514,7 +523,17 @@ def _parts(text: str) -> list[RecommenderPart]:
     return [part for part in RECOMMENDER_PARTS if part in names]
 
 
-def _baseline_names(text: str) -> list[str]:
+def _baseline_names(text: str | None) -> list[str]:
+    """The named baselines, or all that can run here when none are named.
+
+    Only a default skips a baseline whose optional extra is missing (a warning says how
+    to add it); naming it is an error, so a comparison never silently loses a model.
+    """
+    if text is None:
+        for name in BASELINE_NAMES:
+            if (reason := missing_extra(name)) is not None:
+                logger.warning("skipping the %s baseline: %s", name, reason)
+        return [name for name in BASELINE_NAMES if installed(name)]
     names = [name.strip() for name in text.split(",") if name.strip()]
     if names == ["none"]:
         return []
@@ -523,6 +542,9 @@ def _baseline_names(text: str) -> list[str]:
         raise LogError(
             f"--baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINE_NAMES)}"
         )
+    missing = [reason for name in names if (reason := missing_extra(name)) is not None]
+    if missing:
+        raise LogError(f"--baselines: {'; '.join(missing)}")
     return names
 
 
