@@ -359,4 +359,5 @@ def test_models_shared_over_processes_score_exactly_as_in_one() -> None:
         )
         assert one.curve == other.curve
     assert alone[0].hits != alone[2].hits  # the two Tailors differ: the order is checked
-    assert progress and progress[-1] == len(events)
+    assert progress
+    assert progress[-1] == len(events)

@@ -26,7 +26,13 @@ from worker.evaluate.baselines import (
     make_baselines,
     missing_extra,
 )
-from worker.evaluate.harness import Model, ModelScore, StateStore, TailorModel, replay
+from worker.evaluate.harness import (
+    Model,
+    ModelScore,
+    StateStore,
+    TailorModel,
+    replay_in_processes,
+)
 from worker.evaluate.logs import (
     CsvMapping,
     ItemFile,
@@ -227,6 +233,14 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         default=256,
         help="largest micro-batch; a batch never holds two events of one user (256)",
     )
+    run.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="share the models out over this many processes: same figures, a long "
+        "comparison finishes sooner on several cores, but each model's events/s then "
+        "shares the machine (1)",
+    )
     run.add_argument("--seed", type=int, help="random seed (default: TAILOR_SEED)")
     run.add_argument(
         "--redis",
@@ -319,9 +333,10 @@ def ablation_settings(
 
 def _replay(log: LoadedLog, models: Sequence[Model], args: argparse.Namespace) -> list[ModelScore]:
     with _progress(len(log.events), args.no_progress) as advance:
-        return replay(
+        return replay_in_processes(
             log.events,
             models,
+            args.jobs,
             k=args.k,
             warmup=args.warmup,
             batch_size=args.batch_size,
