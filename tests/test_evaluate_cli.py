@@ -77,6 +77,18 @@ def test_ablation_of_named_parts_only(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "unknown part 'magic'" in capsys.readouterr().err
 
 
+def test_no_tailor_replays_the_baselines_alone_and_over_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "baselines.json"
+    argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "300", "--no-progress"]
+    argv += ["--no-tailor", "--baselines", "popular,recent", "--jobs", "2", "--json", str(out)]
+    assert main(argv) == 0
+    assert [m["name"] for m in json.loads(out.read_text())["models"]] == ["popular", "recent"]
+    assert main([*argv[:7], "--no-tailor", "--baselines", "none"]) == 2
+    assert "nothing to replay" in capsys.readouterr().err
+
+
 def test_tune_picks_from_the_grids_on_the_warmup_share_only(tmp_path: Path) -> None:
     out = tmp_path / "tuned.json"
     argv = ["evaluate", EVENTS, "--catalog", CATALOG, "--limit", "1000", "--no-progress"]

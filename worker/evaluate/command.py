@@ -204,6 +204,13 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "those whose optional extra is missing are skipped with a warning)",
     )
     run.add_argument(
+        "--tailor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replay Tailor at its settings; --no-tailor compares the baselines (and any "
+        "--ablate variants) alone, e.g. to add a slow baseline to an earlier run's table",
+    )
+    run.add_argument(
         "--ablate",
         nargs="?",
         const=",".join(RECOMMENDER_PARTS),
@@ -290,7 +297,7 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if args.tune:
         return _tune(settings, log, baselines, args, console)
     with _state_store(settings, args.redis) as store:
-        models: list[Model] = [TailorModel(settings, log.catalog, store)]
+        models: list[Model] = [TailorModel(settings, log.catalog, store)] if args.tailor else []
         if args.ablate:
             models += [
                 TailorModel(toggled, log.catalog, name=name)
@@ -300,6 +307,11 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
             models += make_baselines(baselines, params, seed=settings.seed)
         except ValueError as error:
             print(f"tailor evaluate: --params: {error}", file=sys.stderr)
+            return 2
+        if not models:
+            print(
+                "tailor evaluate: --no-tailor and no baselines: nothing to replay", file=sys.stderr
+            )
             return 2
         scores = _replay(log, models, args)
     title = (
