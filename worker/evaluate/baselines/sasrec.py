@@ -23,6 +23,7 @@ worker never needs it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,7 +67,12 @@ def jax_installed() -> bool:
 
 
 def require_jax() -> None:
-    """Fail early, with the command that fixes it, when the ``neural`` extra is missing."""
+    """Fail early, with the command that fixes it, when the ``neural`` extra is missing.
+
+    JAX is pointed at the CPU unless told otherwise: probing for accelerators this
+    machine class never has only prints a confusing line about a missing ``libtpu.so``.
+    """
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     try:
         import jax  # noqa: F401
         import optax  # noqa: F401
