@@ -165,13 +165,13 @@ class Settings(BaseSettings):
         ge=16,
         le=1 << 26,
         description="latest sessions the similar-sessions model keeps (rounded up to a power "
-        "of two; ~100 bytes each)",
+        "of two; ~220 bytes each)",
     )
     sessions_per_item: int = Field(
         64, ge=1, le=10_000, description="latest sessions indexed per item (4 bytes each)"
     )
     session_length: int = Field(
-        20, ge=2, le=1000, description="distinct items kept per session (the first ones)"
+        50, ge=2, le=1000, description="distinct items kept per session (the first ones)"
     )
     session_current_items: int = Field(
         10, ge=1, le=100, description="the current session's latest items that find neighbours"
