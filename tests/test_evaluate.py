@@ -13,7 +13,6 @@ import pytest
 from worker.config import Settings
 from worker.contract import Event
 from worker.evaluate.harness import (
-    MemoryStates,
     Model,
     TailorModel,
     micro_batches,
@@ -21,6 +20,7 @@ from worker.evaluate.harness import (
     replay_in_processes,
 )
 from worker.evaluate.logs import CsvMapping, LogError, RowFilter, load_log
+from worker.testing import MemoryStates
 
 START = datetime(2024, 3, 1, 9, tzinfo=UTC)
 

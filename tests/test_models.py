@@ -148,14 +148,36 @@ def test_covisitation_rebase_keeps_weights_and_order() -> None:
 # -- Trending ----------------------------------------------------------------------------
 
 
+def _observe(
+    trending: Trending,
+    rows: np.ndarray,
+    weights: np.ndarray,
+    times: np.ndarray,
+    segments: list[tuple[str, ...]],
+) -> None:
+    """What the core does with a delta: count segments, then add popularity."""
+    keys = [key for keyed in segments for key in keyed]
+    keyed_rows = np.array(
+        [row for row, keyed in zip(rows.tolist(), segments, strict=True) for _ in keyed],
+        dtype=I64,
+    )
+    counts = np.maximum(np.rint(weights), 1).astype(I64)
+    keyed_counts = np.array(
+        [c for c, keyed in zip(counts.tolist(), segments, strict=True) for _ in keyed],
+        dtype=I64,
+    )
+    trending.count_segments(keys, keyed_rows, keyed_counts)
+    trending.observe(rows, weights, times)
+
+
 def _trending(segment_size: int = 10) -> Trending:
     return Trending(HOUR, top_size=10, segment_size=segment_size, refresh_every=1)
 
 
 def test_trending_recent_weight_outranks_older_equal_weight() -> None:
     trending = _trending()
-    trending.observe(_ints(0), _floats(1.0), _floats(0.0), [()])
-    trending.observe(_ints(1), _floats(1.0), _floats(HOUR), [()])
+    _observe(trending, _ints(0), _floats(1.0), _floats(0.0), [()])
+    _observe(trending, _ints(1), _floats(1.0), _floats(HOUR), [()])
     assert trending.top().tolist() == [1, 0]
     popularity = trending.normalised(_ints(0, 1, 500))
     assert popularity[1] > popularity[0] > 0
@@ -164,13 +186,13 @@ def test_trending_recent_weight_outranks_older_equal_weight() -> None:
 
 def test_trending_more_weight_outranks_less_at_the_same_time() -> None:
     trending = _trending()
-    trending.observe(_ints(0, 1, 1, 2), _floats(1, 1, 1, 0.5), np.zeros(4), [(), (), (), ()])
+    _observe(trending, _ints(0, 1, 1, 2), _floats(1, 1, 1, 0.5), np.zeros(4), [(), (), (), ()])
     assert trending.top().tolist() == [1, 0, 2]
 
 
 def test_trending_ignores_negative_rows() -> None:
     trending = _trending()
-    trending.observe(_ints(-1, 3), _floats(5.0, 1.0), np.zeros(2), [("country:NL",)] * 2)
+    _observe(trending, _ints(-1, 3), _floats(5.0, 1.0), np.zeros(2), [("country:NL",)] * 2)
     assert trending.top().tolist() == [3]
     assert trending.segment_top("country:NL")[0].tolist() == [3]
 
@@ -187,7 +209,7 @@ def test_trending_segments_are_separate() -> None:
         ("country:DE",),
         ("device:web",),
     ]
-    trending.observe(rows, np.ones(rows.size), np.zeros(rows.size), segments)
+    _observe(trending, rows, np.ones(rows.size), np.zeros(rows.size), segments)
     assert trending.segment_top("country:NL")[0].tolist() == [0, 1]
     assert trending.segment_top("country:DE")[0].tolist() == [2]
     assert sorted(trending.segment_top("device:mobile")[0].tolist()) == [0, 2]
@@ -201,7 +223,7 @@ def test_trending_segments_are_separate() -> None:
 def test_trending_segment_lists_are_bounded() -> None:
     trending = _trending(segment_size=3)
     rows = np.arange(50, dtype=I64)
-    trending.observe(rows, rows.astype(np.float64) + 1, np.zeros(50), [("country:NL",)] * 50)
+    _observe(trending, rows, rows.astype(np.float64) + 1, np.zeros(50), [("country:NL",)] * 50)
     top_rows, top_values = trending.segment_top("country:NL")
     assert top_rows.tolist() == [49, 48, 47]
     assert (np.diff(top_values) <= 0).all()
@@ -213,7 +235,7 @@ def test_trending_number_of_segments_is_bounded() -> None:
     trending = Trending(HOUR, top_size=10, segment_size=5, refresh_every=10_000)
     n = _MAX_SEGMENTS + 100
     rows = np.zeros(n, dtype=I64)
-    trending.observe(rows, np.ones(n), np.zeros(n), [(f"country:c{k}",) for k in range(n)])
+    _observe(trending, rows, np.ones(n), np.zeros(n), [(f"country:c{k}",) for k in range(n)])
     assert len(trending.segments) == _MAX_SEGMENTS
     trending.refresh()
     assert trending.segment_top(f"country:c{n - 1}")[0].size == 0
@@ -222,12 +244,12 @@ def test_trending_number_of_segments_is_bounded() -> None:
 
 def test_trending_rebase_keeps_relative_order() -> None:
     trending = _trending()
-    trending.observe(_ints(0), _floats(1.0), _floats(0.0), [("country:NL",)])
-    trending.observe(_ints(1), _floats(1.0), _floats(2 * HOUR), [("country:NL",)])
+    _observe(trending, _ints(0), _floats(1.0), _floats(0.0), [("country:NL",)])
+    _observe(trending, _ints(1), _floats(1.0), _floats(2 * HOUR), [("country:NL",)])
     before = trending.normalised(_ints(0, 1))
     origin = trending.clock.origin
     far = 50 * HOUR  # beyond 40 half-lives: the clock rebases and scores are rescaled
-    trending.observe(_ints(2), _floats(1e-30), _floats(far), [("country:NL",)])
+    _observe(trending, _ints(2), _floats(1e-30), _floats(far), [("country:NL",)])
     assert trending.clock.origin == far != origin
     assert np.isfinite(trending.scores).all()
     assert trending.top().tolist()[:2] == [1, 0]
@@ -337,9 +359,9 @@ def test_segment_counts_fade_so_new_interest_overtakes_old() -> None:
         HOUR, top_size=10, segment_size=10, refresh_every=1, segment_half_life_events=200
     )
     old = np.zeros(1000, dtype=I64)  # item 0 was the hit of the segment ...
-    trending.observe(old, np.ones(old.size), np.zeros(old.size), [("hour:9",)] * old.size)
+    _observe(trending, old, np.ones(old.size), np.zeros(old.size), [("hour:9",)] * old.size)
     new = np.ones(600, dtype=I64)  # ... then item 1 took over, with fewer events in all
-    trending.observe(new, np.ones(new.size), np.zeros(new.size), [("hour:9",)] * new.size)
+    _observe(trending, new, np.ones(new.size), np.zeros(new.size), [("hour:9",)] * new.size)
     assert trending.segment_top("hour:9")[0].tolist()[:2] == [1, 0]
 
 
@@ -409,8 +431,8 @@ def test_each_timescale_favours_what_was_popular_over_its_own_half_life() -> Non
     )
     # Item 0: ten interactions a week ago. Item 1: two interactions just now.
     week = 7 * 24 * HOUR
-    trending.observe(_ints(*[0] * 10), _floats(*[1.0] * 10), _floats(*[0.0] * 10), [()] * 10)
-    trending.observe(_ints(1, 1), _floats(1.0, 1.0), _floats(week, week), [(), ()])
+    _observe(trending, _ints(*[0] * 10), _floats(*[1.0] * 10), _floats(*[0.0] * 10), [()] * 10)
+    _observe(trending, _ints(1, 1), _floats(1.0, 1.0), _floats(week, week), [(), ()])
     hour_scale, month_scale = trending.relative(_ints(0, 1, 2))
     assert hour_scale[1] == 1.0
     assert hour_scale[0] < 0.01
@@ -425,8 +447,8 @@ def test_relative_popularity_does_not_depend_on_the_traffic() -> None:
         Trending(HOUR, top_size=10, segment_size=5, refresh_every=1, timescales_s=(HOUR,))
         for _ in range(2)
     )
-    quiet.observe(_ints(0, 0, 1), _floats(1.0, 1.0, 1.0), _floats(0.0, 0.0, 0.0), [()] * 3)
-    busy.observe(_ints(0, 0, 1), _floats(50.0, 50.0, 50.0), _floats(0.0, 0.0, 0.0), [()] * 3)
+    _observe(quiet, _ints(0, 0, 1), _floats(1.0, 1.0, 1.0), _floats(0.0, 0.0, 0.0), [()] * 3)
+    _observe(busy, _ints(0, 0, 1), _floats(50.0, 50.0, 50.0), _floats(0.0, 0.0, 0.0), [()] * 3)
     assert np.allclose(quiet.relative(_ints(0, 1)), busy.relative(_ints(0, 1)))
 
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from worker.models.sessions import SessionNeighbours
+from worker.models.sessions import SessionNeighbours, session_token
+from worker.state.user import UserState
 
 A, B, C, D, E, X = range(6)
 HOUR = 3600.0
@@ -24,12 +25,15 @@ def model(capacity: int = 64, per_item: int = 8, neighbours: int = 100) -> Sessi
     )
 
 
-def visit(sessions: SessionNeighbours, user: str, rows: list[int], at: float = 0.0) -> None:
-    sessions.observe([user] * len(rows), rows, [at + n for n in range(len(rows))])
+def visit(sessions: SessionNeighbours, session: str, rows: list[int], at: float = 0.0) -> None:
+    """Visits of the session named ``session`` (its token is a hash of the name)."""
+    token = session_token(session)
+    sessions.observe([token] * len(rows), rows, [at + n for n in range(len(rows))])
 
 
-def scores_of(sessions: SessionNeighbours, user: str, current: list[int]) -> dict[int, float]:
-    rows, scores = sessions.recommend([user], np.array([current], dtype=np.int64), n=10)
+def scores_of(sessions: SessionNeighbours, session: str, current: list[int]) -> dict[int, float]:
+    own = [session_token(session)]
+    rows, scores = sessions.recommend(own, np.array([current], dtype=np.int64), n=10)
     return {int(r): float(s) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0}
 
 
@@ -50,11 +54,20 @@ def test_scores_follow_vstan_worked_by_hand() -> None:
 
 
 def test_a_gap_longer_than_the_session_gap_starts_a_new_session() -> None:
+    user = UserState("u1", np.zeros(2, dtype=np.float32))
+    assert user.session_for(0.0, HOUR) is None  # no session yet
+    user.open_session(session_token("first"))
+    user.visit_at = 0.0
+    assert user.session_for(HOUR / 2, HOUR) == session_token("first")
+    assert user.session_for(10 * HOUR, HOUR) is None  # a later visit, not the same basket
+
+
+def test_each_token_is_its_own_session() -> None:
     sessions = model()
-    visit(sessions, "u1", [A, B])
-    visit(sessions, "u1", [C], at=10 * HOUR)  # a later visit, not the same basket
-    visit(sessions, "u2", [A])
-    assert set(scores_of(sessions, "u2", [A])) == {B}
+    visit(sessions, "s1", [A, B])
+    visit(sessions, "s2", [C], at=10 * HOUR)
+    visit(sessions, "s3", [A])
+    assert set(scores_of(sessions, "s3", [A])) == {B}
 
 
 def test_neighbours_found_through_an_older_current_item_weigh_less() -> None:
@@ -104,5 +117,16 @@ def test_forget_drops_the_users_sessions() -> None:
     sessions = model()
     visit(sessions, "u1", [A, B])
     visit(sessions, "u2", [A, C])
-    sessions.forget("u1")
+    sessions.forget([session_token("u1")])
     assert set(scores_of(sessions, "u3", [A])) == {C}
+
+
+def test_a_checkpoint_round_trip_keeps_every_session() -> None:
+    sessions = model()
+    visit(sessions, "u1", [A, B, C])
+    visit(sessions, "u2", [A, D])
+    restored = model()
+    restored.load(sessions.arrays())
+    assert scores_of(restored, "u3", [A]) == scores_of(sessions, "u3", [A])
+    visit(restored, "u1", [E])  # the open session continues where it was
+    assert E in scores_of(restored, "u3", [A])

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     dlq_topic: str = Field(
         "tailor.events.dlq", min_length=1, description="malformed messages, with reason"
     )
+    model_topic: str = Field(
+        "tailor.model",
+        min_length=1,
+        description="model deltas every worker publishes and reads whole (one partition)",
+    )
     group_id: str = Field("tailor", min_length=1, description="consumer group of the workers")
     client_id: str = Field("tailor-worker", min_length=1, description="Kafka and Redis client name")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -240,6 +245,30 @@ class Settings(BaseSettings):
     )
     seed: int = Field(7, description="random seed: same seed, same lists")
 
+    # Shared models (docs/models.md)
+    model_sync: bool = Field(
+        True,
+        description="share model deltas with the other workers through the model topic and "
+        "checkpoint them (off: each worker learns from its own partitions only and starts "
+        "empty)",
+    )
+    model_sync_max_lag_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="a worker whose models lag the model topic longer than this reports "
+        "not ready; evaluate --workers simulates this lag",
+    )
+    model_checkpoint_interval_s: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="seconds between model checkpoints (one worker writes each)",
+    )
+    model_checkpoints_kept: int = Field(
+        2, ge=1, le=10, description="checkpoints kept in Redis (older ones are the fallback)"
+    )
+
     # Operations
     metrics_host: str = Field("0.0.0.0", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port")
@@ -350,6 +379,7 @@ class Settings(BaseSettings):
             catalog_topic=f"{self.catalog_topic}.{suffix}",
             recommendations_topic=f"{self.recommendations_topic}.{suffix}",
             dlq_topic=f"{self.dlq_topic}.{suffix}",
+            model_topic=f"{self.model_topic}.{suffix}",
             group_id=f"{self.group_id}-{suffix}",
             redis_key_prefix=f"{head}-{suffix}"[-32:],
             **changes,

@@ -93,6 +93,47 @@ class Metrics:
             registry=r,
         )
 
+        self.model_deltas = Counter(
+            "tailor_model_deltas",
+            "Model deltas read from the model topic, by what became of them: applied, own "
+            "(made here, already learned), duplicate (already in the models, e.g. after a "
+            "restart), refused (overlaps events already counted), corrupt",
+            ["result"],
+            registry=r,
+        )
+        self.model_deltas_published = Counter(
+            "tailor_model_deltas_published", "Model deltas this worker published", registry=r
+        )
+        self.model_delta_bytes = Counter(
+            "tailor_model_delta_bytes",
+            "Bytes of model deltas, published (out) and read (in)",
+            ["direction"],
+            registry=r,
+        )
+        self.model_sync_lag = Gauge(
+            "tailor_model_sync_lag_seconds",
+            "Age of the newest model delta applied while more are waiting (0 when caught up)",
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "tailor_model_checkpoint_age_seconds",
+            "Seconds since the newest model checkpoint this worker wrote or loaded",
+            registry=r,
+        )
+        self.checkpoint_bytes = Gauge(
+            "tailor_model_checkpoint_bytes", "Size of the last model checkpoint", registry=r
+        )
+        self.checkpoint_seconds = Gauge(
+            "tailor_model_checkpoint_write_seconds",
+            "Time to snapshot, encode and store the last model checkpoint",
+            registry=r,
+        )
+        self.checkpoints_refused = Counter(
+            "tailor_model_checkpoints_refused",
+            "Checkpoints refused at start-up (corrupt, truncated, other format or settings)",
+            registry=r,
+        )
+
     def set_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
         for topic, partition, lag in lags:
             self.consumer_lag.labels(topic, str(partition)).set(lag)

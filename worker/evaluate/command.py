@@ -8,7 +8,7 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from worker.argtypes import positive_float, positive_int, share
 from worker.config import RECOMMENDER_PARTS, ConfigError, RecommenderPart, Settings
-from worker.contract import EventType
+from worker.contract import CatalogItem, EventType
 from worker.evaluate.baselines import (
     BASELINE_NAMES,
     DEFAULT_PARAMS,
@@ -29,7 +29,6 @@ from worker.evaluate.baselines import (
 from worker.evaluate.harness import (
     Model,
     ModelScore,
-    StateStore,
     TailorModel,
     replay_in_processes,
 )
@@ -43,6 +42,7 @@ from worker.evaluate.logs import (
 )
 from worker.evaluate.report import results_json, results_table, write_plot
 from worker.evaluate.tuning import best_params, tune
+from worker.state.store import StateStore
 
 __all__ = ["add_evaluate_parser", "evaluate"]
 
@@ -248,6 +248,32 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "comparison finishes sooner on several cores, but each model's events/s then "
         "shares the machine (1)",
     )
+    run.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=[1],
+        metavar="N[,N...]",
+        help="replay Tailor as N workers of one consumer group would see the log (users "
+        "hashed to --partitions partitions as Kafka's default partitioner does, "
+        "partitions shared by the range assignor, each worker with its own models kept in "
+        "step through the model log at TAILOR_MODEL_SYNC_MAX_LAG_S of event time); a list "
+        "such as 1,3,6 replays Tailor once per count, side by side (default 1)",
+    )
+    run.add_argument(
+        "--partitions",
+        type=positive_int,
+        default=6,
+        help="partitions of the events topic for --workers (default 6)",
+    )
+    run.add_argument(
+        "--restart-every",
+        type=positive_float,
+        metavar="SECONDS",
+        help="also replay each --workers count with every worker restarted at each such "
+        "step of event time (86400: daily deploys): its models dropped and restored from "
+        "the checkpoint written one TAILOR_MODEL_CHECKPOINT_INTERVAL_S earlier, then "
+        "caught up from the model log",
+    )
     run.add_argument("--seed", type=int, help="random seed (default: TAILOR_SEED)")
     run.add_argument(
         "--redis",
@@ -297,7 +323,9 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if args.tune:
         return _tune(settings, log, baselines, args, console)
     with _state_store(settings, args.redis) as store:
-        models: list[Model] = [TailorModel(settings, log.catalog, store)] if args.tailor else []
+        models: list[Model] = (
+            _tailor_models(settings, log.catalog, store, args) if args.tailor else []
+        )
         if args.ablate:
             models += [
                 TailorModel(toggled, log.catalog, name=name)
@@ -327,6 +355,58 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
         write_plot(scores, args.plot, title)
         console.print(f"plot written to {args.plot}")
     return 0
+
+
+def _tailor_models(
+    settings: Settings,
+    catalog: Mapping[str, CatalogItem],
+    store: StateStore | None,
+    args: argparse.Namespace,
+) -> list[Model]:
+    """Tailor once per ``--workers`` count, and again with restarts if asked.
+
+    Every deployment shape gets its own user store (they must not share users' state);
+    the first, one worker without restarts, is the reference the table compares with.
+    """
+    restarts = [None] if args.restart_every is None else [None, args.restart_every]
+    models: list[Model] = []
+    for restart_every in restarts:
+        for workers in args.workers:
+            name = "tailor"
+            if workers > 1:
+                name += f" x{workers} workers"
+            if restart_every is not None:
+                name += f" restart/{_duration(restart_every)}"
+            models.append(
+                TailorModel(
+                    settings,
+                    catalog,
+                    store if not models else None,
+                    name,
+                    workers=workers,
+                    partitions=args.partitions,
+                    restart_every_s=restart_every,
+                )
+            )
+    return models
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _worker_counts(text: str) -> list[int]:
+    """``--workers``: one count or a comma-separated list of them."""
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,...; got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"worker counts must be at least 1; got {text!r}")
+    return list(dict.fromkeys(counts))
 
 
 def ablation_settings(
@@ -598,6 +678,9 @@ def _run_record(
         "warmup": args.warmup,
         "limit": args.limit,
         "batch_size": args.batch_size,
+        "workers": args.workers,
+        "partitions": args.partitions,
+        "restart_every_s": args.restart_every,
         "seed": settings.seed,
         "command": shlex.join(["tailor", *sys.argv[1:]]),
         "baseline_params": {name: params.get(name, {}) for name in BASELINE_NAMES},

@@ -19,17 +19,18 @@ from typing import Protocol
 
 from worker.config import Settings
 from worker.contract import CatalogItem, Event, EventType
+from worker.evaluate.partitioning import user_partition, worker_of_partition
 from worker.recommend.core import Envelope, Recommender
 from worker.recommend.signals import event_weight
-from worker.state.user import UserState, UserWrite
+from worker.state.store import StateStore
+from worker.sync.model_sync import ModelSync, new_origin
+from worker.testing import MemoryCheckpoints, MemoryModelLog, MemoryStates
 
 __all__ = [
     "SPLITS",
-    "MemoryStates",
     "Model",
     "ModelScore",
     "SplitCount",
-    "StateStore",
     "TailorModel",
     "history_split",
     "micro_batches",
@@ -64,40 +65,21 @@ class Model(Protocol):
     def recommend(self, events: Sequence[Event], k: int) -> list[list[str]]: ...
 
 
-class StateStore(Protocol):
-    """Where Tailor's per-user state lives: Redis (:class:`UserStore`) or this process."""
-
-    def read(self, user_ids: Sequence[str]) -> Mapping[str, UserState | None]: ...
-
-    def write(self, writes: Sequence[UserWrite]) -> object: ...
-
-    def erase(self, user_ids: Sequence[str]) -> object: ...
-
-
-class MemoryStates:
-    """User states in a dict: the harness's default, so a replay needs no server."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, UserState] = {}
-
-    def read(self, user_ids: Sequence[str]) -> dict[str, UserState | None]:
-        return {user_id: self.states.get(user_id) for user_id in user_ids}
-
-    def write(self, writes: Sequence[UserWrite]) -> None:
-        for write in writes:
-            self.states[write.state.user_id] = write.state
-
-    def erase(self, user_ids: Sequence[str]) -> None:
-        for user_id in user_ids:
-            self.states.pop(user_id, None)
-
-
 class TailorModel:
     """The worker's :class:`Recommender`, fed exactly as ``tailor run`` feeds it.
 
-    Events become envelopes of one partition with increasing offsets, states are read
-    before and written after each batch, and the lists are the ones that would be
-    published: no second copy of the recommender logic lives here.
+    Events become envelopes with increasing offsets, states are read before and written
+    after each batch, and the lists are the ones that would be published: no second copy
+    of the recommender logic lives here.
+
+    With ``workers`` > 1 the log is replayed as a consumer group would see it: each user
+    hashed to one of ``partitions`` partitions by Kafka's default partitioner, partitions
+    given to workers by the range assignor, each worker with its own models, all sharing
+    one user store (Redis) and, unless ``sync`` is off, one model log read ``sync_lag_s``
+    (event time) behind, as ``tailor run`` does over the model topic. With
+    ``restart_every_s`` every worker drops its models at each such step of event time and
+    restores them from the checkpoint written (by whichever worker held the lease) one
+    checkpoint interval before, then catches up from the log.
     """
 
     def __init__(
@@ -106,33 +88,137 @@ class TailorModel:
         catalog: Mapping[str, CatalogItem],
         store: StateStore | None = None,
         name: str = "tailor",
+        *,
+        workers: int = 1,
+        partitions: int = 6,
+        restart_every_s: float | None = None,
+        sync: bool | None = None,
     ) -> None:
         self.name = name
-        self.recommender = Recommender(settings)
-        for item_id, item in catalog.items():
-            self.recommender.apply_catalog(item_id, item)
+        self.settings = settings
+        self.catalog = dict(catalog)
         self.store: StateStore = store if store is not None else MemoryStates()
-        self._offset = 0
+        self.partitions = max(partitions, 1) if workers > 1 else 1
+        self.owner = worker_of_partition(self.partitions, workers)
+        self.restart_every_s = restart_every_s
+        self.sync = settings.model_sync if sync is None else sync
+        self.now = 0.0  # event time of the latest batch: the harness's clock
+        self.log = MemoryModelLog()
+        self.checkpoints = MemoryCheckpoints(lambda: self.now, settings.model_checkpoints_kept)
+        shared = self.sync and (workers > 1 or restart_every_s is not None)
+        self.shared = shared
+        self.workers = [self._start_worker(n) for n in range(max(workers, 1))]
+        self._offsets = [0] * self.partitions
+        self._next_restart: float | None = None
+        self._next_checkpoint: float | None = None
+        self._checkpointed_at: list[int] = []  # log positions of the kept checkpoints
         self._lists: dict[str, list[str]] = {}
+        self.restarts = 0
+
+    def _start_worker(self, number: int, restore: bool = False) -> _Worker:
+        recommender = Recommender(self.settings, origin=f"w{number}-{new_origin()}")
+        sync = None
+        if self.shared:
+            reader = self.log.reader(lambda: self.now, self.settings.model_sync_max_lag_s)
+            sync = ModelSync(
+                recommender,
+                reader,
+                self.checkpoints,
+                self.settings.model_checkpoint_interval_s,
+                clock=lambda: self.now,
+                background=False,
+            )
+            if restore:
+                sync.restore()
+            else:  # workers start together: nothing to catch up
+                sync.position = self.log.first + len(self.log.records)
+        for item_id, item in self.catalog.items():
+            recommender.apply_catalog(item_id, item)
+        if sync is not None and restore:
+            sync.catch_up(timeout_s=float("inf"))
+        return _Worker(recommender, sync)
 
     def learn(self, events: Sequence[Event]) -> None:
-        envelopes = []
+        self.now = max(self.now, events[-1].epoch_seconds)
+        self._maybe_checkpoint()  # the models as they stood when it fell due: no event since
+        self._maybe_restart()
+        shares: list[list[Envelope]] = [[] for _ in self.workers]
         for event in events:
-            envelopes.append(Envelope(event, 0, self._offset))
-            self._offset += 1
-        states = self.store.read(list(dict.fromkeys(event.user_id for event in events)))
-        result = self.recommender.process(envelopes, states, now=events[-1].timestamp)
-        if result.writes:
-            self.store.write(result.writes)
-        if result.erased:
-            self.store.erase(result.erased)
-        self._lists = {
-            published.user_id: [item for item, _, _ in published.items]
-            for published in result.published
-        }
+            partition = user_partition(event.user_id, self.partitions) if self.partitions > 1 else 0
+            shares[self.owner[partition]].append(
+                Envelope(event, partition, self._offsets[partition])
+            )
+            self._offsets[partition] += 1
+        self._lists = {}
+        for worker, share in zip(self.workers, shares, strict=True):
+            if worker.sync is not None:
+                worker.sync.poll(limit=1_000_000)
+            if not share:
+                continue
+            users = list(dict.fromkeys(envelope.event.user_id for envelope in share))
+            states = self.store.read(users)
+            result = worker.recommender.process(share, states, now=events[-1].timestamp)
+            if worker.sync is not None:
+                worker.sync.publish(result.delta)
+            if result.writes:
+                self.store.write(result.writes)
+            if result.erased:
+                self.store.erase(result.erased)
+            for published in result.published:
+                self._lists[published.user_id] = [item for item, _, _ in published.items]
+        self._trim_log()
 
     def recommend(self, events: Sequence[Event], k: int) -> list[list[str]]:
         return [self._lists.get(event.user_id, [])[:k] for event in events]
+
+    @property
+    def recommender(self) -> Recommender:
+        """The first worker's recommender (the only one unless ``workers`` > 1)."""
+        return self.workers[0].recommender
+
+    def _maybe_restart(self) -> None:
+        every = self.restart_every_s
+        if every is None:
+            return
+        if self.now < self._next_restart_at():
+            return
+        self._next_restart = (self.now // every + 1) * every
+        self.restarts += 1
+        self.workers = [self._start_worker(n, restore=True) for n in range(len(self.workers))]
+
+    def _next_restart_at(self) -> float:
+        if self._next_restart is None:
+            every = self.restart_every_s
+            assert every is not None
+            self._next_restart = (self.now // every + 1) * every
+        return self._next_restart
+
+    def _maybe_checkpoint(self) -> None:
+        """Checkpoint only where a restart will read it: one interval before each restart
+        (writing one every interval over a year of event time would dwarf the replay)."""
+        if self.restart_every_s is None or not self.shared:
+            return
+        due = self._next_restart_at() - self.settings.model_checkpoint_interval_s
+        if self.now >= due and (self._next_checkpoint is None or self._next_checkpoint < due):
+            self._next_checkpoint = due
+            sync = self.workers[0].sync
+            assert sync is not None
+            sync.checkpoint()
+            self._checkpointed_at.append(sync.position)
+            del self._checkpointed_at[: -self.settings.model_checkpoints_kept]
+
+    def _trim_log(self) -> None:
+        """Drop deltas every worker has read and no kept checkpoint needs (bounded memory)."""
+        if not self.shared:
+            return
+        read = min(worker.sync.position for worker in self.workers if worker.sync is not None)
+        self.log.trim(min([read, *self._checkpointed_at]))
+
+
+@dataclass(slots=True)
+class _Worker:
+    recommender: Recommender
+    sync: ModelSync | None
 
 
 def micro_batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:

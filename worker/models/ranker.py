@@ -10,11 +10,13 @@ sensible; from there River moves them with every event.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from river import linear_model, optim, utils
 
-__all__ = ["FEATURES", "TREND_TIMESCALES_S", "Ranker"]
+__all__ = ["FEATURES", "TREND_TIMESCALES_S", "Ranker", "pairwise_differences"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -67,6 +69,8 @@ _PRIOR = np.array([_PRIOR_WEIGHTS.get(name, 0.0) for name in FEATURES])
 
 
 _OPTIMIZERS = {"sgd": optim.SGD, "adagrad": optim.AdaGrad, "adam": optim.Adam}
+#: Per-weight optimizer state worth keeping across a restart (AdaGrad's g2, Adam's m, v).
+_OPTIMIZER_STATE = ("g2", "m", "v")
 
 
 class Ranker:
@@ -99,7 +103,11 @@ class Ranker:
     def learn(
         self, positives: npt.NDArray[np.floating], negatives: npt.NDArray[np.floating]
     ) -> None:
-        """Pairwise lessons: each positive should outrank each negative.
+        """Pairwise lessons: each positive should outrank each negative."""
+        self.learn_differences(pairwise_differences(positives, negatives))
+
+    def learn_differences(self, differences: npt.NDArray[np.floating]) -> None:
+        """One lesson per row ``positive - negative`` (what model deltas carry).
 
         River learns on feature differences (RankNet-style logistic loss; the intercept is
         frozen at zero, so one order of each pair is enough), which is what a ranker
@@ -107,14 +115,58 @@ class Ranker:
         """
         learn_one = self.model.learn_one
         pairs = 0
-        for positive in positives.astype(np.float64):
-            for negative in negatives.astype(np.float64):
-                learn_one(dict(zip(FEATURES, (positive - negative).tolist(), strict=True)), True)
-                pairs += 1
+        for difference in differences.astype(np.float64).tolist():
+            learn_one(dict(zip(FEATURES, difference, strict=True)), True)
+            pairs += 1
         self.updates += pairs
         if pairs and self.updates % self.sync_every < pairs:
             self._sync()
 
+    def state(self) -> dict[str, Any]:
+        """Weights, optimizer state and counters as plain data (for checkpoints)."""
+        optimizer = self.model.optimizer
+        return {
+            "weights": dict(self.model._weights),
+            "updates": self.updates,
+            "optimizer_steps": int(getattr(optimizer, "n_iterations", 0)),
+            "optimizer_state": {
+                name: dict(getattr(optimizer, name))
+                for name in _OPTIMIZER_STATE
+                if isinstance(getattr(optimizer, name, None), dict | utils.VectorDict)
+            },
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Install :meth:`state` (checked by the caller: names must be known features)."""
+        weights = {str(k): float(v) for k, v in state["weights"].items()}
+        unknown = set(weights) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"ranker weights for unknown features {sorted(unknown)}")
+        self.model._weights = utils.VectorDict(weights)
+        optimizer = self.model.optimizer
+        optimizer.n_iterations = int(state.get("optimizer_steps", 0))
+        for name, values in state.get("optimizer_state", {}).items():
+            if name in _OPTIMIZER_STATE and hasattr(optimizer, name):
+                current = getattr(optimizer, name)
+                restored = {str(k): float(v) for k, v in values.items()}
+                if isinstance(current, dict):  # AdaGrad's defaultdict keeps its default
+                    current.clear()
+                    current.update(restored)
+                else:  # Adam's VectorDict (None before its first step)
+                    setattr(optimizer, name, utils.VectorDict(restored))
+        self.updates = int(state["updates"])
+        self._sync()
+
     def _sync(self) -> None:
         learned = self.model.weights
         self._weights = np.array([learned.get(name, 0.0) for name in FEATURES])
+
+
+def pairwise_differences(
+    positives: npt.NDArray[np.floating], negatives: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float32]:
+    """Every ``positive - negative`` row: the pairwise lessons of one user's choice."""
+    if positives.size == 0 or negatives.size == 0:
+        return np.zeros((0, len(FEATURES)), dtype=np.float32)
+    differences = positives[:, None, :] - negatives[None, :, :]
+    return differences.reshape(-1, positives.shape[-1]).astype(np.float32)

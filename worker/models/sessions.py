@@ -13,22 +13,25 @@ the same scoring made streaming-safe:
 - **batched**: neighbours and item scores for a whole micro-batch of users come from a
   few numpy calls over ``[users, current items, per_item]`` postings.
 
-Sessions are anonymous item lists; each slot keeps a 64-bit hash of its user only so that
-a ``forget`` request can drop that user's sessions too.
+Sessions are anonymous item lists named by a random-looking 63-bit token (a hash of the
+session's first event id), the same in every worker: visits learned elsewhere arrive as
+(token, item, time) in model deltas. Which tokens are a user's lives only in that user's
+state in Redis, so a ``forget`` request drops them everywhere and the shared model itself
+never holds anything that points to a person.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.models.arrays import grow_rows
 
-__all__ = ["SessionNeighbours"]
+__all__ = ["SessionNeighbours", "session_token"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -64,36 +67,35 @@ class SessionNeighbours:
         self.sizes = np.zeros(self.capacity, dtype=np.int32)
         self.serial_of = np.full(self.capacity, _EMPTY, dtype=np.int64)  # slot -> session
         self.last_at = np.zeros(self.capacity)
-        self.owner = np.zeros(self.capacity, dtype=np.int64)  # hash of the user, for forget
+        self.token_of = np.full(self.capacity, _EMPTY, dtype=np.int64)  # slot -> token
         self.postings = np.full((0, per_item), _EMPTY, dtype=np.int32)  # item -> serials
         self.cursor = np.zeros(0, dtype=np.int64)  # item -> postings written
         self.next_serial = 0
         self.now = 0.0
-        self._open: OrderedDict[str, int] = OrderedDict()  # user -> their open session
+        self._serial: dict[int, int] = {}  # token -> serial, for the slots still held
 
     # -- learning ------------------------------------------------------------------------
 
-    def observe(self, users: Sequence[str], rows: Sequence[int], times: Sequence[float]) -> None:
-        """Add each (user, item, time), in event order, to the user's open session.
+    def observe(self, tokens: Sequence[int], rows: Sequence[int], times: Sequence[float]) -> None:
+        """Add each (session token, item, time), in event order, to its session.
 
-        A gap longer than ``gap_s`` starts a new session. A session is its distinct items
-        in order of first touch, at most ``length`` of them (VSTAN's neighbours keep first
-        positions too).
+        A session is its distinct items in order of first touch, at most ``length`` of
+        them (VSTAN's neighbours keep first positions too). Where one session ends and the
+        next begins (a gap in the user's visits) is the caller's call, made once, so every
+        worker agrees on it.
         """
         posted_rows: list[int] = []
         posted_serials: list[int] = []
         mask = self.capacity - 1
-        for user, row, at in zip(users, rows, times, strict=True):
+        for token, row, at in zip(tokens, rows, times, strict=True):
             if row < 0:
                 continue
             self.now = max(self.now, at)
-            serial = self._open.get(user, _EMPTY)
+            serial = self._serial.get(token, _EMPTY)
             slot = serial & mask
-            if serial < 0 or self.serial_of[slot] != serial or at - self.last_at[slot] > self.gap_s:
-                serial = self._start(user)
+            if serial < 0 or self.serial_of[slot] != serial:
+                serial = self._start(token)
                 slot = serial & mask
-            else:
-                self._open.move_to_end(user)
             self.last_at[slot] = max(self.last_at[slot], at)
             size = int(self.sizes[slot])
             if size >= self.length or row in self.items[slot, :size]:
@@ -105,18 +107,18 @@ class SessionNeighbours:
         if posted_rows:
             self._post(posted_rows, posted_serials)
 
-    def _start(self, user: str) -> int:
+    def _start(self, token: int) -> int:
         serial = self.next_serial
         self.next_serial += 1
         slot = serial & (self.capacity - 1)
+        if self.serial_of[slot] >= 0:  # the slot's old session is overwritten
+            self._serial.pop(int(self.token_of[slot]), None)
         self.serial_of[slot] = serial
         self.sizes[slot] = 0
         self.items[slot] = _EMPTY
-        self.owner[slot] = _user_hash(user)
-        self._open[user] = serial
-        self._open.move_to_end(user)
-        while len(self._open) > self.capacity:  # older open sessions are overwritten anyway
-            self._open.popitem(last=False)
+        self.last_at[slot] = 0.0
+        self.token_of[slot] = token
+        self._serial[token] = serial
         return serial
 
     def _post(self, rows: list[int], serials: list[int]) -> None:
@@ -132,27 +134,69 @@ class SessionNeighbours:
             self.postings[row, at % self.per_item] = serial
             self.cursor[row] = at + 1
 
-    def forget(self, user: str) -> None:
-        """Drop every session of ``user`` still held (a privacy request)."""
-        self._open.pop(user, None)
-        gone = self.owner == _user_hash(user)
-        self.serial_of[gone] = _EMPTY
-        self.sizes[gone] = 0
+    def forget(self, tokens: Sequence[int]) -> None:
+        """Drop the sessions named by ``tokens`` (a privacy request)."""
+        for token in tokens:
+            serial = self._serial.pop(token, None)
+            if serial is None:
+                continue
+            slot = serial & (self.capacity - 1)
+            if self.serial_of[slot] == serial:
+                self.serial_of[slot] = _EMPTY
+                self.sizes[slot] = 0
+                self.items[slot] = _EMPTY
+                self.token_of[slot] = _EMPTY
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def arrays(self) -> dict[str, np.ndarray[Any, Any]]:
+        """The whole model as arrays (copies): what a checkpoint keeps."""
+        return {
+            "items": self.items.copy(),
+            "sizes": self.sizes.copy(),
+            "serial_of": self.serial_of.copy(),
+            "last_at": self.last_at.copy(),
+            "token_of": self.token_of.copy(),
+            "postings": self.postings.copy(),
+            "cursor": self.cursor.copy(),
+            "clock": np.array([self.next_serial, self.now], dtype=np.float64),
+        }
+
+    def load(self, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
+        """Install :meth:`arrays` of a model with the same shape settings."""
+        if arrays["items"].shape != self.items.shape or arrays["postings"].shape[1:] != (
+            self.per_item,
+        ):
+            raise ValueError("similar-sessions arrays do not match this worker's settings")
+        self.items = arrays["items"].astype(np.int32)
+        self.sizes = arrays["sizes"].astype(np.int32)
+        self.serial_of = arrays["serial_of"].astype(np.int64)
+        self.last_at = arrays["last_at"].astype(np.float64)
+        self.token_of = arrays["token_of"].astype(np.int64)
+        self.postings = arrays["postings"].astype(np.int32)
+        self.cursor = arrays["cursor"].astype(np.int64)
+        self.next_serial, self.now = int(arrays["clock"][0]), float(arrays["clock"][1])
+        held = np.flatnonzero(self.serial_of >= 0)
+        self._serial = dict(
+            zip(self.token_of[held].tolist(), self.serial_of[held].tolist(), strict=True)
+        )
 
     # -- recommending --------------------------------------------------------------------
 
     def recommend(
-        self, users: Sequence[str], current: IntArray, n: int
+        self, own: Sequence[int], current: IntArray, n: int
     ) -> tuple[IntArray, FloatArray]:
         """Each user's ``n`` best items from the sessions most like their current one.
 
         ``current`` is ``[users, C]``: each user's current session, newest item first, -1
-        padded. Returns ``[users, n]`` rows (-1 padded) and their VSTAN scores, best first.
+        padded; ``own`` is each user's open session token (-1 for none), which is no
+        neighbour of itself. Returns ``[users, n]`` rows (-1 padded) and their VSTAN
+        scores, best first.
         """
         count, width = current.shape
         rows_out = np.full((count, n), _EMPTY, dtype=np.int64)
         scores_out = np.zeros((count, n))
-        neighbour_user, slots, similarity = self._neighbours(users, current)
+        neighbour_user, slots, similarity = self._neighbours(own, current)
         if slots.size == 0:
             return rows_out, scores_out
         items = self.items[slots].astype(np.int64)  # [neighbours, length]
@@ -190,7 +234,7 @@ class SessionNeighbours:
         return rows_out, scores_out
 
     def _neighbours(
-        self, users: Sequence[str], current: IntArray
+        self, own_tokens: Sequence[int], current: IntArray
     ) -> tuple[IntArray, IntArray, FloatArray]:
         """The ``k`` sessions most like each user's current one: (user, slot, similarity).
 
@@ -206,7 +250,8 @@ class SessionNeighbours:
         mask = self.capacity - 1
         slot = postings & mask
         own = np.array(
-            [self._open.get(user, _EMPTY) & _SERIAL_MASK for user in users], dtype=np.int64
+            [self._serial.get(token, _EMPTY) & _SERIAL_MASK for token in own_tokens],
+            dtype=np.int64,
         )
         valid = (
             held[..., None]
@@ -235,7 +280,11 @@ class SessionNeighbours:
         return user[keep], slot_of[keep], similarity[keep]
 
 
-def _user_hash(user: str) -> int:
-    """A stable 63-bit hash: the same in every process, unlike ``hash``."""
-    digest = hashlib.blake2b(user.encode(), digest_size=8).digest()
+def session_token(first_event_id: str) -> int:
+    """A session's name: a 63-bit hash of its first event's id, the same in every process.
+
+    Event ids are unique, so tokens are too (up to hash collisions, about one in 2**31
+    among 2**16 live sessions); they say nothing about who the user is.
+    """
+    digest = hashlib.blake2b(first_event_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFFFFFFFFFF

@@ -11,14 +11,16 @@ One micro-batch is one vectorised update (``np.add.at``), not a Python loop over
 
 from __future__ import annotations
 
+import hashlib
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.models.arrays import grow_rows
 
-__all__ = ["TasteModel"]
+__all__ = ["TasteModel", "hashed_normal"]
 
 F32 = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -26,8 +28,8 @@ FloatArray = npt.NDArray[np.float64]
 
 _INIT_SCALE = 1.0  # unit-scale starts: skip-gram steps move vectors in proportion to them
 _USER_START_SCALE = 0.01  # a new user's vector: next to nothing, their first event dominates
-_BLOCK = 1024
 _USER_STARTS = 8192
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 class TasteModel:
@@ -38,49 +40,63 @@ class TasteModel:
         regularization: float,
         seed: int,
         memory: float = 0.9,
+        item_ids: Sequence[str] | None = None,
     ) -> None:
         self.dim = dim
         self.memory = memory
         self.learning_rate = learning_rate
         self.regularization = regularization
         self.seed = seed
+        self.item_ids: Sequence[str] = item_ids if item_ids is not None else ()
         self.vectors: F32 = np.zeros((0, dim), dtype=np.float32)
+        self.content_set: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self._ready = 0
         self._user_starts: F32 | None = None
-        self._last_block: tuple[int, npt.NDArray[np.float64]] | None = None
 
     def ensure(self, rows: int) -> None:
-        """Give new rows a small random start, the same whatever the batching.
+        """Give new rows a small random start drawn from the item's id.
 
-        Starts are drawn in blocks seeded by the block number, so row r always gets the
-        same vector however many rows arrived with it (worker and evaluation agree).
+        The start depends on the item id (and the seed), not on its row, so every worker
+        starts an item at the same place however items arrived there, and vectors learned
+        from the same deltas stay comparable across workers and restarts.
         """
         if rows <= self._ready:
             return
         self.vectors = grow_rows(self.vectors, rows)
-        first_block, last_block = self._ready // _BLOCK, (rows - 1) // _BLOCK
-        for block in range(first_block, last_block + 1):
-            start = block * _BLOCK
-            fresh = self._block(block)
-            begin, end = max(start, self._ready), min(start + _BLOCK, rows)
-            self.vectors[begin:end] = fresh[begin - start : end - start]
+        self.content_set = grow_rows(self.content_set, rows, fill=False)
+        ids = self.item_ids
+        fresh = [ids[row] if row < len(ids) else str(row) for row in range(self._ready, rows)]
+        self.vectors[self._ready : rows] = hashed_normal(fresh, self.dim, self.seed) * (
+            _INIT_SCALE / np.sqrt(self.dim)
+        )
         self._ready = rows
 
-    def _block(self, block: int) -> npt.NDArray[np.float64]:
-        """Initial vectors of one block of rows (the last one is kept: rows arrive in order)."""
-        cached = self._last_block
-        if cached is not None and cached[0] == block:
-            return cached[1]
-        rng = np.random.default_rng([self.seed, block])
-        fresh: npt.NDArray[np.float64] = rng.standard_normal((_BLOCK, self.dim))
-        fresh *= _INIT_SCALE / np.sqrt(self.dim)
-        self._last_block = (block, fresh)
-        return fresh
-
     def set_content(self, row: int, vector: F32) -> None:
-        """Blend a catalog content vector into the item's start (learning moves it on)."""
+        """Blend a catalog content vector into the item's start, once (learning moves it on).
+
+        A catalog update of an item already placed (or a reload of the catalog after a
+        checkpoint restored the vectors) must not drag a learned vector back.
+        """
         self.ensure(row + 1)
+        if self.content_set[row]:
+            return
         self.vectors[row] = 0.5 * self.vectors[row] + _INIT_SCALE * vector
+        self.content_set[row] = True
+
+    def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
+        """The item vectors as a checkpoint keeps them (copies)."""
+        return {
+            "vectors": self.vectors[: self._ready].copy(),
+            "content_set": self.content_set[: self._ready].copy(),
+        }
+
+    def load(self, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
+        vectors = arrays["vectors"]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"item vectors of dimension {vectors.shape[1:]}, not {self.dim}")
+        self.vectors = vectors.astype(np.float32)
+        self.content_set = arrays["content_set"].astype(bool)
+        self._ready = vectors.shape[0]
 
     def new_user(self, user_id: str) -> F32:
         """A small random start picked by the user id from a fixed table.
@@ -148,3 +164,33 @@ class TasteModel:
             return np.zeros(0)
         self.ensure(int(rows.max()) + 1)
         return (self.vectors[rows] @ user).astype(np.float64)
+
+
+def hashed_normal(keys: Sequence[str], dim: int, seed: int) -> npt.NDArray[np.float64]:
+    """``[len(keys), dim]`` standard normal draws that depend only on each key and the seed.
+
+    A counter-based generator (SplitMix64 over hash(key) and the coordinate, then
+    Box-Muller): vectorised, so 100k items cost milliseconds rather than a seeded
+    generator each.
+    """
+    hashes = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+            for key in keys
+        ),
+        dtype=np.uint64,
+        count=len(keys),
+    )
+    with np.errstate(over="ignore"):
+        state = hashes[:, None] ^ (
+            (np.arange(dim, dtype=np.uint64)[None, :] + np.uint64(seed % 2**32) * np.uint64(dim))
+            * _GOLDEN
+        )
+        state = state + _GOLDEN
+        state = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        state = (state ^ (state >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        state = state ^ (state >> np.uint64(31))
+    high = ((state >> np.uint64(32)).astype(np.float64) + 0.5) / 2.0**32
+    low = ((state & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) / 2.0**32
+    normal: npt.NDArray[np.float64] = np.sqrt(-2.0 * np.log(high)) * np.cos(2.0 * np.pi * low)
+    return normal

@@ -91,13 +91,7 @@ class Trending:
         self._since_refresh = refresh_every
         self.version = 0  # bumped on every refresh, so derived caches know they are stale
 
-    def observe(
-        self,
-        rows: IntArray,
-        weights: FloatArray,
-        times: FloatArray,
-        segments: Sequence[tuple[str, ...]],
-    ) -> None:
+    def observe(self, rows: IntArray, weights: FloatArray, times: FloatArray) -> None:
         """Add one micro-batch of interactions (rows -1 are ignored)."""
         if rows.size == 0:
             return
@@ -109,21 +103,22 @@ class Trending:
         if valid.any():
             for timescale in self.timescales:
                 timescale.observe(rows[valid], weights[valid], times[valid])
-        repeats = np.maximum(np.rint(weights), 1).astype(np.int64).tolist()
-        for row, times_counted, keys in zip(rows.tolist(), repeats, segments, strict=True):
-            if row < 0:
-                continue
-            for key in keys:
-                counter = self.segments.get(key)
-                if counter is None:
-                    if len(self.segments) >= _MAX_SEGMENTS:
-                        continue
-                    counter = self.segments[key] = self._new_segment()
-                for _ in range(times_counted):  # HeavyHitters counts; weight = repeats
-                    counter.update(row)
         self._since_refresh += rows.size
         if self._since_refresh >= self.refresh_every:
             self.refresh()
+
+    def count_segments(self, keys: Sequence[str], rows: IntArray, counts: IntArray) -> None:
+        """Count ``counts[i]`` interactions with ``rows[i]`` in segment ``keys[i]``."""
+        for key, row, times_counted in zip(keys, rows.tolist(), counts.tolist(), strict=True):
+            if row < 0:
+                continue
+            counter = self.segments.get(key)
+            if counter is None:
+                if len(self.segments) >= _MAX_SEGMENTS:
+                    continue
+                counter = self.segments[key] = self._new_segment()
+            for _ in range(times_counted):  # HeavyHitters counts; weight = repeats
+                counter.update(row)
 
     def refresh(self) -> None:
         """Recompute the cached top lists (cheap: one argpartition per list)."""

@@ -172,9 +172,9 @@ def gather_candidates(
         else np.zeros((users, 0), dtype=np.int64)
     )
     if settings.part_on("sessions"):
-        visited, visit_scores = rec.sessions.recommend(
-            [state.user_id for state in states], visit, settings.session_candidates
-        )
+        gap = settings.covis_session_gap_s
+        own = [state.session_for(state.last_seen, gap) or -1 for state in states]
+        visited, visit_scores = rec.sessions.recommend(own, visit, settings.session_candidates)
     else:
         visited = np.zeros((users, 0), dtype=np.int64)
         visit_scores = np.zeros((users, 0))

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,9 +33,10 @@ from worker.contract import CatalogItem, Event, EventType
 from worker.models.catalog import Catalog, content_vector
 from worker.models.content import ContentNeighbours, content_tokens
 from worker.models.covisitation import CoVisitation
+from worker.models.delta import DeltaBuilder, ModelDelta
 from worker.models.index import ItemIndex
-from worker.models.ranker import TREND_TIMESCALES_S, Ranker
-from worker.models.sessions import SessionNeighbours
+from worker.models.ranker import FEATURES, TREND_TIMESCALES_S, Ranker, pairwise_differences
+from worker.models.sessions import SessionNeighbours, session_token
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
 from worker.recommend.candidates import Candidates, UserContext, gather_candidates
@@ -42,12 +44,13 @@ from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
 from worker.state.user import Interaction, UserState, UserWrite
 
-__all__ = ["BatchResult", "Envelope", "Published", "Recommender"]
+__all__ = ["BatchResult", "Envelope", "ModelTotals", "Published", "Recommender"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 MODEL_VERSION = f"tailor-{__version__}"
+DeltaOutcome = Literal["applied", "duplicate", "refused"]
 _CATEGORY_CACHE_REFRESHES = 8  # category top lists follow trending, a little behind
 _REMEMBERED_CANDIDATES = 100
 
@@ -96,20 +99,43 @@ class BatchResult:
     erased: list[str] = field(default_factory=list)
     replayed: int = 0  # events already applied before (skipped: exactly once)
     applied: int = 0
+    #: what the shared models learned from this batch, for the other workers (None: nothing)
+    delta: ModelDelta | None = None
+
+
+@dataclass(slots=True)
+class ModelTotals:
+    """What the shared models have learned, counted: the fault suite's exactly-once check."""
+
+    events: int = 0
+    deltas: int = 0
+    pairs: int = 0
+    visits: int = 0
+    lessons: int = 0
+    trend_weight: float = 0.0
+
+    def add(self, delta: ModelDelta) -> None:
+        self.events += delta.events
+        self.deltas += 1
+        self.pairs += int(delta.pair_source.size)
+        self.visits += int(delta.visit_token.size)
+        self.lessons += int(delta.lessons.shape[0])
+        self.trend_weight += float(delta.trend_weight.sum())
 
 
 @dataclass(slots=True)
 class _UserBatch:
     state: UserState
-    fresh: list[Envelope]
+    fresh: list[Envelope]  # not yet in the user's state
     covered: list[Envelope]
     erase_first: bool
+    shared: list[bool]  # per fresh event: not yet in the shared models either
 
 
 class Recommender:
     """All shared models plus the per-batch procedure; one instance per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, origin: str = "local") -> None:
         self.settings = settings
         self.index = ItemIndex(settings.max_items)
         self.catalog = Catalog()
@@ -137,6 +163,7 @@ class Recommender:
             settings.regularization,
             settings.seed,
             settings.taste_memory,
+            item_ids=self.index.ids,
         )
         self.ranker = Ranker(
             settings.ranker_learning_rate, settings.ranker_l2, settings.ranker_optimizer
@@ -146,6 +173,11 @@ class Recommender:
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
         self._category_cache_version = -_CATEGORY_CACHE_REFRESHES
+        #: event partition -> the last offset the shared models reflect (see apply_delta)
+        self.contributed: dict[int, int] = {}
+        self.origin = origin
+        self.batches = 0
+        self.totals = ModelTotals()
 
     # -- catalog ------------------------------------------------------------------------
 
@@ -175,8 +207,9 @@ class Recommender:
     ) -> BatchResult:
         """Learn from ``batch`` and return every touched user's new state and list."""
         result = BatchResult()
+        self._forgotten_sessions: list[int] = []
         users = self._sort_out(batch, states, result)
-        self._learn(users)
+        result.delta = self._learn(users, [e for e in batch if e.event.type is EventType.FORGET])
         generated_at = now or datetime.now(UTC)
         contexts = [UserContext.of(user.covered[-1].event) for user in users.values()]
         lists = self.recommend([user.state for user in users.values()], contexts)
@@ -213,9 +246,10 @@ class Recommender:
             envelopes = received
             if forgets:
                 # Everything up to the last forget is erased; later events start afresh.
+                if state is not None:
+                    self._forgotten_sessions += state.sessions
                 state = None
                 self._shown.pop(user_id, None)
-                self.sessions.forget(user_id)
                 envelopes = received[forgets[-1] + 1 :]
                 if not envelopes:
                     result.erased.append(user_id)
@@ -224,90 +258,189 @@ class Recommender:
                 state = UserState(user_id=user_id, vector=self.taste.new_user(user_id))
             fresh = [e for e in envelopes if not state.already_applied(e.partition, e.offset)]
             result.replayed += len(envelopes) - len(fresh)
-            users[user_id] = _UserBatch(state, fresh, envelopes, erase_first)
+            shared = [e.offset > self.contributed.get(e.partition, -1) for e in fresh]
+            users[user_id] = _UserBatch(state, fresh, envelopes, erase_first, shared)
         return users
 
     # -- learning ---------------------------------------------------------------------------
 
-    def _learn(self, users: Mapping[str, _UserBatch]) -> None:
-        window = self.settings.recent_window
-        self._train_ranker(users)
-        slots: list[int] = []
-        rows: list[int] = []
-        weights: list[float] = []
-        times: list[float] = []
-        segments: list[tuple[str, ...]] = []
-        visits: tuple[list[str], list[int], list[float]] = ([], [], [])
-        pairs: tuple[list[int], list[int], list[float], list[float]] = ([], [], [], [])
-        taste_pairs: tuple[list[int], list[int], list[float]] = ([], [], [])
-        taste_window = self.settings.taste_window
+    def _learn(
+        self, users: Mapping[str, _UserBatch], forgets: Sequence[Envelope]
+    ) -> ModelDelta | None:
+        """Update the users' states and collect what the shared models learn, then learn it.
+
+        A fresh event (one the user's state does not hold yet) always updates the user; it
+        feeds the shared models only when they do not reflect it yet (``shared``: its
+        offset is past :attr:`contributed`). The two differ only after a crash between a
+        published delta and the user's write, and keep both exactly-once.
+        """
+        settings = self.settings
+        window, reach, taste_window = (
+            settings.recent_window,
+            settings.covis_window,
+            settings.taste_window,
+        )
+        gap = settings.covis_session_gap_s
+        taste_on = settings.part_on("taste")
+        builder = DeltaBuilder()
+        builder.lessons = self._ranker_lessons(users)
+        builder.forgotten = self._forgotten_sessions
+        for envelope in forgets:
+            if envelope.offset > self.contributed.get(envelope.partition, -1):
+                builder.event(envelope.partition, envelope.offset)
+        folds: tuple[list[int], list[int], list[float]] = ([], [], [])
         for slot, user in enumerate(users.values()):
             state = user.state
-            reach = self.settings.covis_window
             recent = [(self.index.row(i.item_id), i.at) for i in state.recent[-reach:]]
             history = [self.index.row(i.item_id) for i in state.recent[-taste_window:]]
-            for envelope in user.fresh:
+            for envelope, shared in zip(user.fresh, user.shared, strict=True):
                 event = envelope.event
+                at = event.epoch_seconds
                 state.events += 1
-                state.last_seen = max(state.last_seen, event.epoch_seconds)
+                state.last_seen = max(state.last_seen, at)
                 state.offsets[envelope.partition] = max(
                     envelope.offset, state.offsets.get(envelope.partition, -1)
                 )
                 assert event.item_id is not None  # forget events never reach here
                 row = self.index.row(event.item_id)
                 weight = event_weight(event)
-                state.remember(
-                    Interaction(event.item_id, event.type.value, event.epoch_seconds), window
-                )
+                state.remember(Interaction(event.item_id, event.type.value, at), window)
+                token = None
+                if weight > 0:
+                    token = state.session_for(at, gap)
+                    if token is None:
+                        token = session_token(event.event_id)
+                        state.open_session(token)
+                    state.visit_at = at
+                if shared:
+                    builder.event(envelope.partition, envelope.offset)
                 if row < 0:
                     continue
-                slots.append(slot)
-                rows.append(row)
-                weights.append(weight)
-                times.append(event.epoch_seconds)
-                segments.append(UserContext.of(event).segments)
-                if weight > 0:
-                    self._pairs(row, weight, event.epoch_seconds, recent, pairs)
-                    visits[0].append(state.user_id)
-                    visits[1].append(row)
-                    visits[2].append(event.epoch_seconds)
-                    for previous in dict.fromkeys(history):
-                        if previous >= 0 and previous != row:
-                            taste_pairs[0].append(row)
-                            taste_pairs[1].append(previous)
-                            taste_pairs[2].append(weight)
-                recent = [*recent, (row, event.epoch_seconds)][-reach:]
+                folds[0].append(slot)
+                folds[1].append(row)
+                folds[2].append(weight)
+                if shared:
+                    builder.trend[0].append(row)
+                    builder.trend[1].append(max(weight, 0.0))
+                    builder.trend[2].append(at)
+                    builder.segments(UserContext.of(event).segments, row, max(round(weight), 1))
+                if shared and token is not None:
+                    self._pairs(row, weight, at, recent, builder.pairs)
+                    builder.visits[0].append(token)
+                    builder.visits[1].append(row)
+                    builder.visits[2].append(at)
+                    if taste_on:
+                        for previous in dict.fromkeys(history):
+                            if previous >= 0 and previous != row:
+                                builder.taste[0].append(row)
+                                builder.taste[1].append(previous)
+                                builder.taste[2].append(min(weight / 4.0, 1.0))
+                recent = [*recent, (row, at)][-reach:]
                 history = [*history, row][-taste_window:]
-        if not rows:
-            return
-        row_array = np.array(rows, dtype=np.int64)
-        weight_array = np.array(weights)
-        time_array = np.array(times)
-        self.catalog.ensure(int(row_array.max()) + 1)
-        self.trending.observe(row_array, np.maximum(weight_array, 0.0), time_array, segments)
-        self.covis.observe(
-            np.array(pairs[0], dtype=np.int64),
-            np.array(pairs[1], dtype=np.int64),
-            np.array(pairs[2]),
-            np.array(pairs[3]),
+        delta = self._commit_delta(builder)
+        if taste_on and folds[0]:
+            user_vectors = np.stack([u.state.vector for u in users.values()])
+            self.taste.fold(
+                user_vectors,
+                np.array(folds[0], dtype=np.int64),
+                np.array(folds[1], dtype=np.int64),
+                np.sign(np.array(folds[2])),
+            )
+            for slot, user in enumerate(users.values()):
+                user.state.vector = user_vectors[slot]
+        return delta
+
+    def _commit_delta(self, builder: DeltaBuilder) -> ModelDelta | None:
+        """Pack the batch's contributions, learn them here, and hand them on."""
+        if not builder.events and not builder.forgotten:
+            return None
+        self.batches += 1
+        negatives = self._sample_negatives(len(builder.taste[0]))
+        delta, rows = builder.build(
+            self.origin,
+            self.batches,
+            self.index.ids,
+            negatives,
+            self.settings.covis_half_life_s,
+            len(FEATURES),
         )
-        if self.settings.part_on("sessions"):
-            self.sessions.observe(*visits)
-        if not self.settings.part_on("taste"):
-            return  # user vectors stay where they started: no cost for an unused part
-        user_vectors = np.stack([u.state.vector for u in users.values()])
-        sources = np.array(taste_pairs[0], dtype=np.int64)
-        self.taste.learn_pairs(
-            sources,
-            np.array(taste_pairs[1], dtype=np.int64),
-            self._sample_negatives(sources.size),
-            np.minimum(np.array(taste_pairs[2]) / 4.0, 1.0),
-        )
-        self.taste.fold(
-            user_vectors, np.array(slots, dtype=np.int64), row_array, np.sign(weight_array)
-        )
-        for slot, user in enumerate(users.values()):
-            user.state.vector = user_vectors[slot]
+        self._apply(delta, rows)
+        return delta
+
+    # -- shared models: deltas ----------------------------------------------------------
+
+    def apply_delta(self, delta: ModelDelta) -> DeltaOutcome:
+        """Learn another worker's delta, unless that would count its events twice.
+
+        Events reach the shared models in partition order, one owner at a time, and every
+        worker reads the deltas in the one order of the model topic. So a delta counts
+        once exactly when each of its partitions starts past what the models already
+        reflect. One wholly behind is a ``duplicate`` (a worker's own deltas read back
+        after a restart from a checkpoint that already held them); one that overlaps is
+        ``refused`` (a batch redone after a crash, or a worker that lost its partitions
+        still publishing): every copy decides alike, so they stay in step.
+        """
+        behind = [first <= self.contributed.get(p, -1) for p, (first, _) in delta.positions.items()]
+        if behind and all(
+            last <= self.contributed.get(p, -1) for p, (_, last) in delta.positions.items()
+        ):
+            return "duplicate"
+        if any(behind):
+            return "refused"
+        if delta.lessons.size and delta.lessons.shape[1] != len(FEATURES):
+            raise ValueError(
+                f"ranker lessons with {delta.lessons.shape[1]} features, not {len(FEATURES)}"
+            )
+        row = self.index.row
+        self._apply(delta, np.array([row(item) for item in delta.items], dtype=np.int64))
+        return "applied"
+
+    def _apply(self, delta: ModelDelta, table: IntArray) -> None:
+        """Learn ``delta`` (own or another worker's): the one way shared models change.
+
+        Segments are counted before trending refreshes its cached top lists.
+        """
+        settings = self.settings
+        if delta.lessons.size and settings.part_on("ranker"):
+            self.ranker.learn_differences(delta.lessons)
+        if delta.segment_key.size:
+            self.trending.count_segments(
+                [delta.segment_keys[k] for k in delta.segment_key.tolist()],
+                table[delta.segment_item],
+                delta.segment_count.astype(np.int64),
+            )
+        trend_rows = table[delta.trend_item]
+        if trend_rows.size:
+            self.catalog.ensure(int(trend_rows.max()) + 1)
+            self.trending.observe(trend_rows, delta.trend_weight, delta.trend_time)
+        if delta.pair_source.size:
+            sources, targets = table[delta.pair_source], table[delta.pair_target]
+            times = np.full(2 * sources.size, delta.pair_time)
+            self.covis.observe(
+                np.concatenate([sources, targets]),
+                np.concatenate([targets, sources]),
+                np.concatenate([delta.pair_weight, delta.pair_weight]),
+                times,
+            )
+        if delta.forgotten.size:
+            self.sessions.forget(delta.forgotten.tolist())
+        if delta.visit_token.size and settings.part_on("sessions"):
+            self.sessions.observe(
+                delta.visit_token.tolist(),
+                table[delta.visit_item].tolist(),
+                delta.visit_time.tolist(),
+            )
+        if delta.taste_source.size and settings.part_on("taste"):
+            sources = table[delta.taste_source]
+            targets = table[delta.taste_target]
+            negatives = table[delta.taste_negative]
+            keep = (sources >= 0) & (targets >= 0) & (negatives >= 0)
+            self.taste.learn_pairs(
+                sources[keep], targets[keep], negatives[keep], delta.taste_weight[keep]
+            )
+        for partition, (_, last) in delta.positions.items():
+            self.contributed[partition] = max(last, self.contributed.get(partition, -1))
+        self.totals.add(delta)
 
     def _pairs(
         self,
@@ -328,11 +461,11 @@ class Recommender:
         for previous, previous_at in reversed(recent):
             if at - previous_at > gap:
                 break
-            if previous >= 0 and previous != row:
-                sources += [previous, row]
-                targets += [row, previous]
-                weights += [weight, weight]
-                times += [at, at]
+            if previous >= 0 and previous != row:  # both directions are learned from it
+                sources.append(previous)
+                targets.append(row)
+                weights.append(weight)
+                times.append(at)
 
     def _sample_negatives(self, n: int) -> IntArray:
         """Negatives drawn from the popular pool: hard negatives, as in BPR practice."""
@@ -341,8 +474,8 @@ class Recommender:
             pool = np.arange(max(len(self.index), 1), dtype=np.int64)
         return pool[self.rng.integers(0, pool.size, size=n)]
 
-    def _train_ranker(self, users: Mapping[str, _UserBatch]) -> None:
-        """Learn from what each user did after their previous list.
+    def _ranker_lessons(self, users: Mapping[str, _UserBatch]) -> list[npt.NDArray[np.float32]]:
+        """What each user taught the ranker by what they did after their previous list.
 
         The features are those the candidates had when the list was made (kept for the
         last ``ranker_memory_users`` users; recomputed in one batch after a restart). A
@@ -350,12 +483,17 @@ class Recommender:
         :meth:`_negatives`. A chosen item outside the candidates teaches the ranker
         nothing: no ordering of the candidates would have shown it.
         """
+        learned: list[npt.NDArray[np.float32]] = []
         if not self.settings.part_on("ranker"):
-            return
+            return learned
         lessons: list[tuple[_UserBatch, set[str | None]]] = []
         missing: list[_UserBatch] = []
         for user_id, user in users.items():
-            chosen = {e.event.item_id for e in user.fresh if event_weight(e.event) > 0}
+            chosen = {
+                e.event.item_id
+                for e, shared in zip(user.fresh, user.shared, strict=True)
+                if shared and event_weight(e.event) > 0
+            }
             if not chosen:
                 continue
             lessons.append((user, chosen))
@@ -375,7 +513,8 @@ class Recommender:
             if positive.size == 0:
                 continue
             negative = self._negatives(shown, positive, chosen, user.state.last_list)
-            self.ranker.learn(shown.features[positive], shown.features[negative])
+            learned.append(pairwise_differences(shown.features[positive], shown.features[negative]))
+        return learned
 
     # -- recommending ---------------------------------------------------------------------------
 

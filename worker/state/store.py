@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -33,6 +33,7 @@ from worker.state.user import (
 )
 
 __all__ = [
+    "StateStore",
     "StoreUnavailable",
     "UserStore",
     "WriteOutcome",
@@ -60,6 +61,17 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
+
+
+class StateStore(Protocol):
+    """Where per-user state lives: Redis (:class:`UserStore`), or a dict in
+    :mod:`worker.testing` for the evaluation harness and unit tests."""
+
+    def read(self, user_ids: Sequence[str]) -> Mapping[str, UserState | None]: ...
+
+    def write(self, writes: Sequence[UserWrite]) -> object: ...
+
+    def erase(self, user_ids: Sequence[str]) -> object: ...
 
 
 class StoreUnavailable(RuntimeError):

@@ -16,6 +16,7 @@ import orjson
 
 __all__ = [
     "OFFSET_FIELD_PREFIX",
+    "SESSIONS_PER_USER",
     "Interaction",
     "UserState",
     "UserWrite",
@@ -27,6 +28,10 @@ F32 = npt.NDArray[np.float32]
 
 #: Hash fields ``o:<partition>`` hold the last Kafka offset applied from that partition.
 OFFSET_FIELD_PREFIX = "o:"
+#: Tokens of a user's latest sessions kept in their state, so that a ``forget`` can drop
+#: them from the shared similar-sessions model (which itself knows no users). Older
+#: sessions than these have usually left the model's ring already (docs/models.md).
+SESSIONS_PER_USER = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,18 @@ class UserState:
     events: int = 0  # events applied, exactly once each
     last_seen: float = 0.0
     offsets: dict[int, int] = field(default_factory=dict)
+    sessions: list[int] = field(default_factory=list)  # session tokens, latest last
+    visit_at: float = 0.0  # time of the latest visit (an event of positive weight)
+
+    def session_for(self, at: float, gap_s: float) -> int | None:
+        """The open session's token at ``at``, or None when a new session starts."""
+        if self.sessions and at - self.visit_at <= gap_s:
+            return self.sessions[-1]
+        return None
+
+    def open_session(self, token: int) -> None:
+        self.sessions.append(token)
+        del self.sessions[:-SESSIONS_PER_USER]
 
     def remember(self, interaction: Interaction, window: int) -> None:
         self.recent.append(interaction)
@@ -71,6 +88,7 @@ def encode_user(state: UserState) -> dict[str, bytes]:
         "l": orjson.dumps(state.last_list),
         "n": str(state.events).encode(),
         "t": repr(state.last_seen).encode(),
+        "s": orjson.dumps([state.visit_at, state.sessions]),
     }
 
 
@@ -86,6 +104,7 @@ def decode_user(user_id: str, fields: dict[bytes, bytes], dim: int) -> UserState
         for key, value in fields.items()
         if key.startswith(OFFSET_FIELD_PREFIX.encode())
     }
+    visit_at, sessions = orjson.loads(fields.get(b"s", b"[0.0, []]"))
     return UserState(
         user_id=user_id,
         vector=vector,
@@ -94,4 +113,6 @@ def decode_user(user_id: str, fields: dict[bytes, bytes], dim: int) -> UserState
         events=int(fields.get(b"n", b"0")),
         last_seen=float(fields.get(b"t", b"0")),
         offsets=offsets,
+        sessions=[int(token) for token in sessions],
+        visit_at=float(visit_at),
     )

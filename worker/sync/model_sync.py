@@ -1,0 +1,262 @@
+"""Keeping a worker's shared models in step with every other worker, and across restarts.
+
+The shape (docs/models.md): every worker publishes what each batch taught its models as
+a :class:`~worker.models.delta.ModelDelta` to one log (the ``tailor.model`` topic, one
+partition, read whole by every worker), learns its own deltas at once and everybody
+else's as it reads them. Every interval one worker (whoever takes the lease) writes a
+checkpoint of its merged models tagged with the log position it reflects. A starting
+worker installs the newest readable checkpoint and reads the log from that position to
+the end before it reports ready.
+
+The log and the checkpoint store are small interfaces: Kafka and Redis in ``tailor run``
+(:mod:`worker.transport.model_log`, :mod:`worker.state.store`), in-memory ones in
+:mod:`worker.testing` for the evaluation harness and the unit tests. One code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from worker.metrics import Metrics
+from worker.models.delta import ModelDelta, decode_delta, encode_delta
+from worker.recommend.core import Recommender
+from worker.sync.checkpoint import CheckpointRefused, decode_checkpoint, pack_checkpoint, snapshot
+
+__all__ = ["CheckpointStore", "LogRecord", "ModelLog", "ModelSync", "new_origin"]
+
+log = logging.getLogger("tailor.sync")
+
+
+def new_origin() -> str:
+    """A name for this worker process's deltas: unique per process, never reused."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    position: int  # offset in the log
+    data: bytes
+    written_at: float  # seconds (wall clock on Kafka, event time in the harness)
+
+
+class ModelLog(Protocol):
+    """An ordered log every worker appends deltas to and reads whole."""
+
+    def append(self, data: bytes) -> None: ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Return once everything appended is durable; raise when it cannot be."""
+        ...
+
+    def seek(self, position: int) -> None: ...
+
+    def read(self, limit: int, timeout_s: float) -> list[LogRecord]: ...
+
+    def bounds(self) -> tuple[int, int]:
+        """(first position still held, position after the last record)."""
+        ...
+
+
+class CheckpointStore(Protocol):
+    """Where checkpoints live; the newest ``keep`` are kept."""
+
+    def save(self, data: bytes) -> None: ...
+
+    def newest_first(self) -> Iterator[bytes]: ...
+
+    def claim(self, seconds: float) -> bool:
+        """True for the one worker that may write the next checkpoint (a lease)."""
+        ...
+
+
+class ModelSync:
+    """One worker's side of the shared models: publish, read, checkpoint, restore."""
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        model_log: ModelLog,
+        checkpoints: CheckpointStore,
+        checkpoint_interval_s: float,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        background: bool = True,
+    ) -> None:
+        self.recommender = recommender
+        self.log = model_log
+        self.checkpoints = checkpoints
+        self.interval_s = checkpoint_interval_s
+        self.metrics = metrics
+        self.clock = clock
+        self.background = background
+        self.position = 0  # next log position to read
+        self.checkpoint_at = clock()  # when the models were last checkpointed or restored
+        self.restored_from: int | None = None
+        self._writer: threading.Thread | None = None
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def restore(self) -> str:
+        """Install the newest checkpoint that reads cleanly; say what happened.
+
+        A corrupt, truncated or incompatible checkpoint is refused with one log line and
+        a metric, and the next older one is tried; with none left the models start
+        empty and the whole log still held is read.
+        """
+        for data in self.checkpoints.newest_first():
+            try:
+                checkpoint = decode_checkpoint(data, self.recommender)
+            except CheckpointRefused as error:
+                log.error("model checkpoint refused (%d bytes): %s", len(data), error)
+                if self.metrics is not None:
+                    self.metrics.checkpoints_refused.inc()
+                continue
+            checkpoint.install(self.recommender)
+            self.position = checkpoint.log_position
+            self.restored_from = checkpoint.log_position
+            self.checkpoint_at = self.clock()
+            return (
+                f"models restored from a checkpoint of {checkpoint.items} items at model "
+                f"log position {checkpoint.log_position}"
+            )
+        self.position = self.log.bounds()[0]
+        return "no usable model checkpoint: models start empty"
+
+    def catch_up(self, timeout_s: float = 60.0, batch: int = 500) -> int:
+        """Read the log to its current end (or until ``timeout_s``); deltas applied."""
+        first, end = self.log.bounds()
+        if self.position < first:
+            log.warning(
+                "model log starts at %d, past position %d: %d deltas are gone (retention)",
+                first,
+                self.position,
+                first - self.position,
+            )
+            self.position = first
+        self.log.seek(self.position)
+        deadline = time.monotonic() + timeout_s
+        applied = 0
+        while self.position < end and time.monotonic() < deadline:
+            records = self.log.read(batch, 0.2)
+            if not records and self.log.bounds()[1] <= self.position:
+                break  # the end moved back (a recreated topic): nothing more to read
+            applied += self._apply(records)
+        return applied
+
+    # -- every batch --------------------------------------------------------------------
+
+    def publish(self, delta: ModelDelta | None) -> None:
+        """Queue this batch's delta for the others (already learned here)."""
+        if delta is None:
+            return
+        data = encode_delta(delta)
+        self.log.append(data)
+        if self.metrics is not None:
+            self.metrics.model_deltas_published.inc()
+            self.metrics.model_delta_bytes.labels("out").inc(len(data))
+
+    def poll(self, limit: int = 500) -> int:
+        """Apply the other workers' deltas that have arrived (never blocks)."""
+        records = self.log.read(limit, 0.0)
+        applied = self._apply(records)
+        if self.metrics is not None:
+            caught_up = len(records) < limit
+            lag = 0.0 if caught_up or not records else self.clock() - records[-1].written_at
+            self.metrics.model_sync_lag.set(max(lag, 0.0))
+        return applied
+
+    def _apply(self, records: list[LogRecord]) -> int:
+        applied = 0
+        rec, metrics = self.recommender, self.metrics
+        for record in records:
+            self.position = record.position + 1
+            try:
+                delta = decode_delta(record.data)
+            except ValueError as error:
+                log.error("model delta at %d refused: %s", record.position, error)
+                self._count("corrupt", len(record.data))
+                continue
+            if delta.origin == rec.origin:
+                self._count("own", len(record.data))
+                continue
+            outcome = rec.apply_delta(delta)
+            self._count(outcome, len(record.data))
+            if outcome == "applied":
+                applied += 1
+            elif outcome == "refused":
+                log.warning(
+                    "model delta %s/%d at %d refused: it overlaps events already counted "
+                    "(a batch redone after a crash, or a worker publishing after losing its "
+                    "partitions)",
+                    delta.origin,
+                    delta.batch,
+                    record.position,
+                )
+        if metrics is not None:
+            metrics.checkpoint_age.set(max(0.0, self.clock() - self.checkpoint_at))
+        return applied
+
+    def _count(self, result: str, size: int) -> None:
+        if self.metrics is not None:
+            self.metrics.model_deltas.labels(result).inc()
+            self.metrics.model_delta_bytes.labels("in").inc(size)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def maybe_checkpoint(self) -> bool:
+        """Write a checkpoint when the interval has passed and this worker holds the lease."""
+        now = self.clock()
+        if now - self.checkpoint_at < self.interval_s:
+            return False
+        if self._writer is not None and self._writer.is_alive():
+            return False
+        self.checkpoint_at = now
+        if not self.checkpoints.claim(self.interval_s):
+            return False
+        self.checkpoint()
+        return True
+
+    def checkpoint(self) -> None:
+        """Snapshot now; encode and store in the background (or here, in the harness).
+
+        The snapshot is taken between batches, so it is consistent with ``position``; the
+        encoding copies every array first, so the loop may go on at once.
+        """
+        started = time.perf_counter()
+        meta, arrays = snapshot(self.recommender, self.position)
+
+        def store() -> None:
+            try:
+                data = pack_checkpoint(meta, arrays)
+                self.checkpoints.save(data)
+            except Exception as error:  # a failed checkpoint must not stop the worker
+                log.error("model checkpoint not stored: %s", error)
+                return
+            if self.metrics is not None:
+                self.metrics.checkpoint_bytes.set(len(data))
+                self.metrics.checkpoint_seconds.set(time.perf_counter() - started)
+                self.metrics.checkpoint_age.set(0.0)
+            log.info(
+                "model checkpoint stored: %.1f MB at log position %d in %.2f s",
+                len(data) / 1e6,
+                self.position,
+                time.perf_counter() - started,
+            )
+
+        if self.background:
+            self._writer = threading.Thread(target=store, name="tailor-checkpoint", daemon=True)
+            self._writer.start()
+        else:
+            store()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Let a checkpoint being written finish."""
+        if self._writer is not None:
+            self._writer.join(timeout_s)
