@@ -269,9 +269,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--restart-every",
         type=positive_float,
         metavar="SECONDS",
-        help="also replay each --workers count with every worker restarted at each such "
-        "step of event time (86400: daily deploys): its models dropped and restored from "
-        "the checkpoint written one TAILOR_MODEL_CHECKPOINT_INTERVAL_S earlier, then "
+        help="also replay the first --workers count with every worker restarted at each "
+        "such step of event time (86400: daily deploys): its models dropped and restored "
+        "from the checkpoint written one TAILOR_MODEL_CHECKPOINT_INTERVAL_S earlier, then "
         "caught up from the model log",
     )
     run.add_argument("--seed", type=int, help="random seed (default: TAILOR_SEED)")
@@ -363,31 +363,32 @@ def _tailor_models(
     store: StateStore | None,
     args: argparse.Namespace,
 ) -> list[Model]:
-    """Tailor once per ``--workers`` count, and again with restarts if asked.
+    """Tailor once per ``--workers`` count, and the first count again with restarts.
 
     Every deployment shape gets its own user store (they must not share users' state);
     the first, one worker without restarts, is the reference the table compares with.
     """
-    restarts = [None] if args.restart_every is None else [None, args.restart_every]
+    shapes: list[tuple[int, float | None]] = [(workers, None) for workers in args.workers]
+    if args.restart_every is not None:
+        shapes.append((args.workers[0], args.restart_every))
     models: list[Model] = []
-    for restart_every in restarts:
-        for workers in args.workers:
-            name = "tailor"
-            if workers > 1:
-                name += f" x{workers} workers"
-            if restart_every is not None:
-                name += f" restart/{_duration(restart_every)}"
-            models.append(
-                TailorModel(
-                    settings,
-                    catalog,
-                    store if not models else None,
-                    name,
-                    workers=workers,
-                    partitions=args.partitions,
-                    restart_every_s=restart_every,
-                )
+    for workers, restart_every in shapes:
+        name = "tailor"
+        if workers > 1:
+            name += f" x{workers} workers"
+        if restart_every is not None:
+            name += f" restart/{_duration(restart_every)}"
+        models.append(
+            TailorModel(
+                settings,
+                catalog,
+                store if not models else None,
+                name,
+                workers=workers,
+                partitions=args.partitions,
+                restart_every_s=restart_every,
             )
+        )
     return models
 
 
