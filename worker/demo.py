@@ -62,6 +62,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> int:
         settings.catalog_topic,
         settings.recommendations_topic,
         settings.dlq_topic,
+        settings.model_topic,
     ):
         owner.list_topics(topic, timeout=10)  # the mock cluster creates topics on first mention
 

@@ -26,7 +26,8 @@ from worker.config import Settings
 from worker.decode import DeadLetter, Decoded, RecentEventIds, decode_catalog_item, decode_event
 from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
-from worker.state.store import StoreUnavailable, UserStore, connect_redis
+from worker.state.store import RedisCheckpoints, StoreUnavailable, UserStore, connect_redis
+from worker.sync.model_sync import ModelSync, new_origin
 from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBatch
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
@@ -37,6 +38,7 @@ from worker.transport.kafka import (
     make_consumer,
     make_producer,
 )
+from worker.transport.model_log import KafkaModelLog
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -44,6 +46,7 @@ log = logging.getLogger("tailor.worker")
 T = TypeVar("T")
 
 _MAX_BACKOFF_S = 5.0
+_MODELS_LAGGING = "models lag the model topic"
 
 
 @dataclass(slots=True)
@@ -73,12 +76,22 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.stats = WorkerStats()
-        self.recommender = recommender or Recommender(settings)
+        self.recommender = recommender or Recommender(settings, origin=new_origin())
+        client = redis_client if redis_client is not None else connect_redis(settings)
         self.store = UserStore(
-            redis_client if redis_client is not None else connect_redis(settings),
-            settings,
-            observe_round_trip=self.metrics.redis_round_trip.observe,
+            client, settings, observe_round_trip=self.metrics.redis_round_trip.observe
         )
+        self.model_log: KafkaModelLog | None = None
+        self.sync: ModelSync | None = None
+        if settings.model_sync:
+            self.model_log = KafkaModelLog(settings)
+            self.sync = ModelSync(
+                self.recommender,
+                self.model_log,
+                RedisCheckpoints(client, settings, self.recommender.origin),
+                settings.model_checkpoint_interval_s,
+                metrics=self.metrics,
+            )
         self.producer: Producer = make_producer(settings, error_cb=self._on_kafka_error)
         self.consumer: Consumer = make_consumer(
             settings, error_cb=self._on_kafka_error, stats_cb=self._on_stats
@@ -94,9 +107,11 @@ class Worker:
     def start(self, catalog_timeout_s: float = 30.0, kafka_timeout_s: float = 30.0) -> None:
         """Fail fast on Redis and Kafka, load the catalog, join the group."""
         self._check_servers(kafka_timeout_s)
+        self._restore_models()
         partitions = assign_whole_topic(self.catalog, self.settings.catalog_topic)
         loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
         log.info("catalog: %d items from %d partition(s)", loaded, partitions)
+        self._catch_up_models(kafka_timeout_s)
         freeze_startup_objects()
         self.consumer.subscribe(
             [self.settings.events_topic],
@@ -113,6 +128,31 @@ class Worker:
             self.settings.recommendations_topic,
         )
 
+    def _restore_models(self) -> None:
+        """Install the newest readable model checkpoint, before the catalog: it fixes the
+        item rows that the catalog then fills in."""
+        if self.sync is None or self.model_log is None:
+            return
+        self.model_log.ensure_topic()
+        if len(self.recommender.index):
+            log.warning("models already hold items: no checkpoint loaded")
+            return
+        log.info(self.sync.restore())
+
+    def _catch_up_models(self, timeout_s: float) -> None:
+        """Read the model topic to its end: what every worker learned since the checkpoint
+        (the previous owners of this worker's partitions included)."""
+        if self.sync is None:
+            return
+        started = time.monotonic()
+        applied = self.sync.catch_up(timeout_s)
+        log.info(
+            "model log: %d deltas applied, caught up to position %d in %.1f s",
+            applied,
+            self.sync.position,
+            time.monotonic() - started,
+        )
+
     def _check_servers(self, kafka_timeout_s: float) -> None:
         """Raise :class:`StoreUnavailable` or :class:`KafkaUnavailable` saying what failed.
 
@@ -127,6 +167,8 @@ class Worker:
             self.consumer.close()
             self.catalog.close()
             self.producer.close()
+            if self.model_log is not None:
+                self.model_log.close()
             raise
 
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> WorkerStats:
@@ -156,6 +198,9 @@ class Worker:
         self.consumer.close()
         self.catalog.close()
         self.producer.close()
+        if self.sync is not None and self.model_log is not None:
+            self.sync.close()
+            self.model_log.close()
         self.health.set_ready(False, "stopped")
         self.metrics.ready.set(0)
         log.info(
@@ -174,6 +219,7 @@ class Worker:
         self.health.beat()
         self.producer.poll(0)
         self._poll_catalog(500, 0)
+        self._sync_models()
         messages = self.consumer.consume(
             self.settings.batch_size, self.settings.batch_wait_ms / 1000
         )
@@ -206,6 +252,11 @@ class Worker:
         lessons_before = self.recommender.ranker.updates
         result = self.recommender.process(envelopes, states)
         self.metrics.ranker_lessons.inc(self.recommender.ranker.updates - lessons_before)
+        if self.sync is not None:
+            # Durable before the users' write: a crash in between then finds the events
+            # in the shared models and applies them to the users only (exactly once both).
+            self.sync.publish(result.delta)
+            self.sync.flush(self.settings.outage_timeout_s)
         outcome = self._with_redis(lambda: self.store.write(result.writes))
         if result.erased:
             self._with_redis(lambda: self.store.erase(result.erased))
@@ -217,6 +268,25 @@ class Worker:
         self.producer.poll(0)
         self._account(len(messages), result, len(letters), outcome.stale, started)
         return len(messages)
+
+    def _sync_models(self) -> None:
+        """Learn the other workers' deltas that arrived; checkpoint when due.
+
+        A worker whose models fall further behind the model topic than
+        ``model_sync_max_lag_s`` reports not ready until it catches up.
+        """
+        if self.sync is None:
+            return
+        self.sync.poll()
+        lagging = self.sync.lag_s > self.settings.model_sync_max_lag_s
+        if lagging and self.health.why != _MODELS_LAGGING:
+            log.warning("models lag the model topic by %.1f s", self.sync.lag_s)
+            self.health.set_ready(False, _MODELS_LAGGING)
+            self.metrics.ready.set(0)
+        elif not lagging and self.health.why == _MODELS_LAGGING:
+            self.health.set_ready(True)
+            self.metrics.ready.set(1)
+        self.sync.maybe_checkpoint()
 
     def _decode(self, raw: bytes | None, where: tuple[str, int, int]) -> Decoded:
         """Validate one message under the configured limits, then drop a repeated event id."""
@@ -389,8 +459,13 @@ class Worker:
                 log.warning("commit failed: %s", error)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Catch up on the model topic first: the partitions' previous owners published
+        their last deltas before committing, and those say which events the shared
+        models already hold."""
         log.info("assigned %s", _describe(partitions))
         self.metrics.clear_lag()
+        if self.sync is not None and partitions:
+            self.sync.catch_up(self.settings.outage_timeout_s)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Short and bounded: flush outputs, store what is acknowledged, commit."""

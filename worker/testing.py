@@ -44,7 +44,7 @@ class MemoryModelLog:
     """
 
     def __init__(self) -> None:
-        self.records: list[tuple[bytes, float]] = []
+        self.records: list[tuple[bytes, float, str]] = []
         self.first = 0  # position of records[0] (older ones trimmed)
 
     def reader(self, clock: Callable[[], float], lag_s: float = 0.0) -> MemoryLogReader:
@@ -66,8 +66,8 @@ class MemoryLogReader:
         self.lag_s = lag_s
         self.position = 0
 
-    def append(self, data: bytes) -> None:
-        self.shared.records.append((data, self.clock()))
+    def append(self, data: bytes, origin: str) -> None:
+        self.shared.records.append((data, self.clock(), origin))
 
     def flush(self, timeout_s: float) -> None:
         """Appends are durable at once."""
@@ -81,10 +81,10 @@ class MemoryLogReader:
         horizon = self.clock() - self.lag_s
         self.position = max(self.position, shared.first)
         while len(out) < limit and self.position - shared.first < len(shared.records):
-            data, written_at = shared.records[self.position - shared.first]
+            data, written_at, origin = shared.records[self.position - shared.first]
             if written_at > horizon:
                 break
-            out.append(LogRecord(self.position, data, written_at))
+            out.append(LogRecord(self.position, data, written_at, origin))
             self.position += 1
         return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +33,7 @@ from worker.state.user import (
 )
 
 __all__ = [
+    "RedisCheckpoints",
     "StateStore",
     "StoreUnavailable",
     "UserStore",
@@ -281,3 +282,39 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+class RedisCheckpoints:
+    """Model checkpoints in Redis: a list, newest first, trimmed to the newest ``keep``.
+
+    Keys ``<prefix>:models:checkpoints`` (the list) and ``<prefix>:models:lease`` (who
+    writes the next one: ``SET NX PX``, so with N workers one checkpoint is written per
+    interval, not N). No TTL: the list is bounded by ``keep`` and must outlive any
+    outage of the workers. A checkpoint holds no user data (docs/models.md).
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, owner: str) -> None:
+        self.client = client
+        self.keep = settings.model_checkpoints_kept
+        self.list_key = f"{settings.redis_key_prefix}:models:checkpoints"
+        self.lease_key = f"{settings.redis_key_prefix}:models:lease"
+        self.owner = owner
+
+    def save(self, data: bytes) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lpush(self.list_key, data)
+        pipe.ltrim(self.list_key, 0, self.keep - 1)
+        pipe.execute()
+
+    def newest_first(self) -> Iterator[bytes]:
+        """One checkpoint at a time (each may be tens of MB): the next only if asked."""
+        for index in range(self.keep):
+            data = self.client.lindex(self.list_key, index)
+            if data is None:
+                return
+            yield bytes(data)  # type: ignore[arg-type]
+
+    def claim(self, seconds: float) -> bool:
+        """The lease expires just before its holder's next turn, so it can take it again."""
+        lease_ms = max(1, int(seconds * 900))
+        return bool(self.client.set(self.lease_key, self.owner, nx=True, px=lease_ms))

@@ -43,12 +43,13 @@ class LogRecord:
     position: int  # offset in the log
     data: bytes
     written_at: float  # seconds (wall clock on Kafka, event time in the harness)
+    origin: str  # the worker that wrote it (the message key): own deltas skip decoding
 
 
 class ModelLog(Protocol):
     """An ordered log every worker appends deltas to and reads whole."""
 
-    def append(self, data: bytes) -> None: ...
+    def append(self, data: bytes, origin: str) -> None: ...
 
     def flush(self, timeout_s: float) -> None:
         """Return once everything appended is durable; raise when it cannot be."""
@@ -99,6 +100,7 @@ class ModelSync:
         self.position = 0  # next log position to read
         self.checkpoint_at = clock()  # when the models were last checkpointed or restored
         self.restored_from: int | None = None
+        self.lag_s = 0.0  # age of the newest delta applied while more were waiting
         self._writer: threading.Thread | None = None
 
     # -- start-up ---------------------------------------------------------------------
@@ -157,7 +159,7 @@ class ModelSync:
         if delta is None:
             return
         data = encode_delta(delta)
-        self.log.append(data)
+        self.log.append(data, delta.origin)
         if self.metrics is not None:
             self.metrics.model_deltas_published.inc()
             self.metrics.model_delta_bytes.labels("out").inc(len(data))
@@ -166,25 +168,30 @@ class ModelSync:
         """Apply the other workers' deltas that have arrived (never blocks)."""
         records = self.log.read(limit, 0.0)
         applied = self._apply(records)
+        caught_up = len(records) < limit
+        lag = 0.0 if caught_up or not records else self.clock() - records[-1].written_at
+        self.lag_s = max(lag, 0.0)
         if self.metrics is not None:
-            caught_up = len(records) < limit
-            lag = 0.0 if caught_up or not records else self.clock() - records[-1].written_at
-            self.metrics.model_sync_lag.set(max(lag, 0.0))
+            self.metrics.model_sync_lag.set(self.lag_s)
         return applied
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until the published deltas are durable (raises when they cannot be)."""
+        self.log.flush(timeout_s)
 
     def _apply(self, records: list[LogRecord]) -> int:
         applied = 0
         rec, metrics = self.recommender, self.metrics
         for record in records:
             self.position = record.position + 1
+            if record.origin == rec.origin:
+                self._count("own", len(record.data))
+                continue
             try:
                 delta = decode_delta(record.data)
             except ValueError as error:
                 log.error("model delta at %d refused: %s", record.position, error)
                 self._count("corrupt", len(record.data))
-                continue
-            if delta.origin == rec.origin:
-                self._count("own", len(record.data))
                 continue
             outcome = rec.apply_delta(delta)
             self._count(outcome, len(record.data))

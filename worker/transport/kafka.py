@@ -25,7 +25,10 @@ __all__ = [
     "make_admin",
     "make_catalog_consumer",
     "make_consumer",
+    "make_model_consumer",
+    "make_model_producer",
     "make_producer",
+    "model_topic_spec",
 ]
 
 # Per partition, a bound on what librdkafka fetches ahead of the worker (see make_consumer).
@@ -131,6 +134,46 @@ def make_producer(settings: Settings, **callbacks: Callable[..., None]) -> Produ
     return Producer(config)
 
 
+def model_topic_spec(settings: Settings) -> NewTopic:
+    """The model topic: one partition, so every worker reads the deltas in one order.
+
+    Deltas are kept for a week (Kafka's default), far longer than the interval between
+    checkpoints that a starting worker catches up from.
+    """
+    return NewTopic(settings.model_topic, 1, 1, config={"retention.ms": str(7 * 86_400_000)})
+
+
+def make_model_producer(settings: Settings) -> Producer:
+    """The model deltas' own producer: no linger, since each batch waits for its delta.
+
+    Kept apart from the lists' producer so that waiting for a delta's acknowledgement
+    (before the users' state is written) does not also wait for every list in flight.
+    """
+    config = client_config(settings) | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 0,
+        "compression.type": "lz4",
+        "message.max.bytes": 8_000_000,
+    }
+    config.update(settings.kafka_extra)
+    return Producer(config)
+
+
+def make_model_consumer(settings: Settings) -> Consumer:
+    """Reads the model topic whole, outside the group (assigned, like the catalog)."""
+    config = client_config(settings) | {
+        "group.id": f"{settings.group_id}.model.{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 10,
+        "fetch.message.max.bytes": 8_000_000,
+    }
+    config.update(settings.kafka_extra)
+    config.pop("group.instance.id", None)
+    return Consumer(config)
+
+
 def make_admin(settings: Settings, **callbacks: Callable[..., None]) -> AdminClient:
     return AdminClient(client_config(settings) | dict(callbacks))
 
@@ -197,6 +240,7 @@ def create_topics(settings: Settings, partitions: int = 4, timeout_s: float = 30
         NewTopic(settings.catalog_topic, 1, 1, config={"cleanup.policy": "compact"}),
         NewTopic(settings.recommendations_topic, partitions, 1),
         NewTopic(settings.dlq_topic, 1, 1),
+        model_topic_spec(settings),
     ]
     missing = [topic for topic in wanted if topic.topic not in existing]
     if not missing:
