@@ -26,8 +26,14 @@ from worker.config import Settings
 from worker.decode import DeadLetter, Decoded, RecentEventIds, decode_catalog_item, decode_event
 from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
-from worker.state.store import RedisCheckpoints, StoreUnavailable, UserStore, connect_redis
-from worker.sync.model_sync import ModelSync, new_origin
+from worker.state.store import (
+    RedisCheckpoints,
+    StateStore,
+    StoreUnavailable,
+    UserStore,
+    connect_redis,
+)
+from worker.sync.model_sync import CheckpointStore, ModelLog, ModelSync, new_origin
 from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBatch
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
@@ -71,24 +77,30 @@ class Worker:
         metrics: Metrics | None = None,
         health: Health | None = None,
         recommender: Recommender | None = None,
+        store: StateStore | None = None,
+        model_log: ModelLog | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
+        """Collaborators default to the real ones (Redis, the model topic); tests hand in
+        the in-memory ones of :mod:`worker.testing` and run the same loop."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.stats = WorkerStats()
         self.recommender = recommender or Recommender(settings, origin=new_origin())
-        client = redis_client if redis_client is not None else connect_redis(settings)
-        self.store = UserStore(
-            client, settings, observe_round_trip=self.metrics.redis_round_trip.observe
+        self._redis = redis_client
+        self.store: StateStore = store or UserStore(
+            self._redis_client(), settings, observe_round_trip=self.metrics.redis_round_trip.observe
         )
-        self.model_log: KafkaModelLog | None = None
+        self.model_log: ModelLog | None = None
         self.sync: ModelSync | None = None
         if settings.model_sync:
-            self.model_log = KafkaModelLog(settings)
+            self.model_log = model_log or KafkaModelLog(settings)
             self.sync = ModelSync(
                 self.recommender,
                 self.model_log,
-                RedisCheckpoints(client, settings, self.recommender.origin),
+                checkpoints
+                or RedisCheckpoints(self._redis_client(), settings, self.recommender.origin),
                 settings.model_checkpoint_interval_s,
                 metrics=self.metrics,
             )
@@ -101,6 +113,12 @@ class Worker:
         self._skew = timedelta(seconds=settings.max_future_skew_s)
         self._recent_ids = RecentEventIds(settings.dedup_window)
         self._paused = False
+
+    def _redis_client(self) -> redis.Redis:
+        """The one Redis client, connected the first time a collaborator needs it."""
+        if self._redis is None:
+            self._redis = connect_redis(self.settings)
+        return self._redis
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -133,7 +151,7 @@ class Worker:
         item rows that the catalog then fills in."""
         if self.sync is None or self.model_log is None:
             return
-        self.model_log.ensure_topic()
+        self.model_log.prepare()
         if len(self.recommender.index):
             log.warning("models already hold items: no checkpoint loaded")
             return

@@ -9,8 +9,10 @@ sync and restore logic is tested without one too. Nothing here is used in produc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
+from worker.state.store import WriteOutcome
 from worker.state.user import UserState, UserWrite
 from worker.sync.model_sync import LogRecord
 
@@ -24,15 +26,33 @@ class MemoryStates:
         self.states: dict[str, UserState] = {}
 
     def read(self, user_ids: Sequence[str]) -> dict[str, UserState | None]:
-        return {user_id: self.states.get(user_id) for user_id in user_ids}
+        """Copies, as Redis hands out: the caller's changes count only once written."""
+        return {user_id: _copy(self.states.get(user_id)) for user_id in user_ids}
 
-    def write(self, writes: Sequence[UserWrite]) -> None:
+    def check(self) -> None:
+        """Always reachable."""
+
+    def write(self, writes: Sequence[UserWrite]) -> WriteOutcome:
+        """Each user's state, guarded by its offsets as the Redis script guards it."""
+        stale = 0
         for write in writes:
-            self.states[write.state.user_id] = write.state
+            state = write.state
+            held = self.states.get(state.user_id)
+            if (
+                held is not None
+                and not write.erase_first
+                and any(
+                    offset <= held.offsets.get(partition, -1)
+                    for partition, offset in state.offsets.items()
+                )
+            ):
+                stale += 1
+                continue
+            self.states[state.user_id] = _copy(state)  # type: ignore[assignment]
+        return WriteOutcome(written=len(writes) - stale, stale=stale)
 
-    def erase(self, user_ids: Sequence[str]) -> None:
-        for user_id in user_ids:
-            self.states.pop(user_id, None)
+    def erase(self, user_ids: Sequence[str]) -> int:
+        return sum(self.states.pop(user_id, None) is not None for user_id in user_ids)
 
 
 class MemoryModelLog:
@@ -65,6 +85,12 @@ class MemoryLogReader:
         self.clock = clock
         self.lag_s = lag_s
         self.position = 0
+
+    def prepare(self) -> None:
+        """Nothing to create."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def append(self, data: bytes, origin: str) -> None:
         self.shared.records.append((data, self.clock(), origin))
@@ -120,3 +146,18 @@ class MemoryCheckpoints:
             return False
         self._lease_until = now + 0.9 * seconds  # expires just before the holder's next turn
         return True
+
+
+def _copy(state: UserState | None) -> UserState | None:
+    """A copy whose later changes do not reach the stored state (interactions are frozen,
+    so the lists are copied, not their items)."""
+    if state is None:
+        return state
+    return dataclasses.replace(
+        state,
+        vector=state.vector.copy(),
+        recent=list(state.recent),
+        last_list=list(state.last_list),
+        offsets=dict(state.offsets),
+        sessions=list(state.sessions),
+    )

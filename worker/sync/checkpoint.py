@@ -187,10 +187,10 @@ def _difference(found: dict[str, Any], wanted: dict[str, Any]) -> str:
 
 
 def _check_rows(arrays: Arrays, items: int) -> None:
-    """Every per-item array fits the item table, every row reference points into it."""
-    for name in ("trend_scores", "covis_neighbour", "covis_weight", "taste_vectors"):
-        if arrays[name].shape[0] < min(items, 1) and items:
-            raise CheckpointRefused(f"{name} holds fewer rows than the item table")
+    """Every row reference points into the item table (per-item arrays grow lazily, so
+    they may be shorter than the table, or longer: spare capacity)."""
+    if arrays["covis_neighbour"].shape != arrays["covis_weight"].shape:
+        raise CheckpointRefused("co-visitation arrays differ in shape")
     neighbours = arrays["covis_neighbour"]
     if neighbours.size and (neighbours.max() >= max(items, 1) or neighbours.min() < -1):
         raise CheckpointRefused("co-visitation points outside the item table")

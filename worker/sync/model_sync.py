@@ -49,6 +49,12 @@ class LogRecord:
 class ModelLog(Protocol):
     """An ordered log every worker appends deltas to and reads whole."""
 
+    def prepare(self) -> None:
+        """Make sure the log exists (create the topic when missing)."""
+        ...
+
+    def close(self) -> None: ...
+
     def append(self, data: bytes, origin: str) -> None: ...
 
     def flush(self, timeout_s: float) -> None:

@@ -37,7 +37,7 @@ class KafkaModelLog:
         self._failures: list[str] = []
         self._partition = TopicPartition(self.topic, _PARTITION)
 
-    def ensure_topic(self, timeout_s: float = 30.0) -> None:
+    def prepare(self, timeout_s: float = 30.0) -> None:
         """Create the topic (one partition) when it is missing, rather than let broker
         auto-creation give it the default partition count."""
         admin = make_admin(self.settings)
