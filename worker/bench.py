@@ -404,6 +404,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             "partitions": options.partitions,
             "batch_size": settings.batch_size,
             "batch_wait_ms": settings.batch_wait_ms,
+            "model_sync": settings.model_sync,
         },
         "topics_suffix": suffix,
     }
@@ -552,6 +553,8 @@ class _Snapshot:
     redis_trips: float
     redis_seconds: float
     published: float
+    delta_bytes: float  # model deltas published (the shared models' cost on Kafka)
+    deltas: float
 
     @classmethod
     def of(cls, samples: _Samples, topic: str) -> _Snapshot:
@@ -566,11 +569,14 @@ class _Snapshot:
             redis_trips=value("tailor_redis_roundtrip_seconds_count"),
             redis_seconds=value("tailor_redis_roundtrip_seconds_sum"),
             published=value("tailor_recommendations_published_total"),
+            delta_bytes=value("tailor_model_delta_bytes_total", ("direction", "out")),
+            deltas=value("tailor_model_deltas_published_total"),
         )
 
     def minus(self, before: _Snapshot) -> Json:
         batches = self.batches - before.batches
         trips = self.redis_trips - before.redis_trips
+        events = self.batch_events - before.batch_events
         return {
             "batches": int(batches),
             "mean_batch": (self.batch_events - before.batch_events) / batches if batches else 0.0,
@@ -581,6 +587,10 @@ class _Snapshot:
             if trips
             else 0.0,
             "lists_published": int(self.published - before.published),
+            "model_deltas": int(self.deltas - before.deltas),
+            "model_delta_bytes_per_event": (self.delta_bytes - before.delta_bytes) / events
+            if events
+            else 0.0,
         }
 
 
@@ -837,6 +847,7 @@ def _clean_up(settings: Settings, redis_client: redis.Redis) -> None:
         settings.catalog_topic,
         settings.recommendations_topic,
         settings.dlq_topic,
+        settings.model_topic,
     ]
     with suppress(Exception):
         for future in admin.delete_topics(topics, operation_timeout=30).values():
@@ -1020,6 +1031,11 @@ def _rows(result: Json) -> list[tuple[str, str]]:
         ("drain: mean batch processing ms", f"{drain['batch_ms_mean']:.1f}"),
         ("drain: mean Redis round trip ms", f"{drain['redis_ms_mean']:.2f}"),
         ("drain: lists published", f"{drain['lists_published']:,}"),
+        ("drain: model deltas published", f"{drain.get('model_deltas', 0):,}"),
+        (
+            "drain: model delta bytes per event (Kafka out)",
+            f"{drain.get('model_delta_bytes_per_event', 0.0):,.0f}",
+        ),
         ("latency: events", f"{latency['events']:,}"),
         (
             "latency: rate asked / achieved (/s)",
