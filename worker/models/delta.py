@@ -68,6 +68,7 @@ class ModelDelta:
     pair_target: I32 = field(default_factory=_i32)
     pair_weight: F64 = field(default_factory=_f64)
     pair_time: float = 0.0
+    pair_visits: int = 0  # co-visits before summing per pair (what totals count)
     # similar sessions: visits in event order, and sessions dropped by a forget
     visit_token: I64 = field(default_factory=_i64)
     visit_item: I32 = field(default_factory=_i32)
@@ -117,6 +118,7 @@ def encode_delta(delta: ModelDelta) -> bytes:
         "events": delta.events,
         "segment_keys": delta.segment_keys,
         "pair_time": delta.pair_time,
+        "pair_visits": delta.pair_visits,
     }
     return pack(DELTA_KIND, meta, {name: getattr(delta, name) for name in _ARRAYS})
 
@@ -133,6 +135,7 @@ def decode_delta(data: bytes) -> ModelDelta:
             events=int(meta["events"]),
             segment_keys=[str(key) for key in meta["segment_keys"]],
             pair_time=float(meta["pair_time"]),
+            pair_visits=int(meta["pair_visits"]),
             **{name: arrays[name].copy() for name in _ARRAYS},
         )
     except (KeyError, TypeError, ValueError) as error:
@@ -260,6 +263,7 @@ class DeltaBuilder:
             pair_target=local(pair_target),
             pair_weight=pair_weight,
             pair_time=pair_time,
+            pair_visits=len(self.pairs[0]),
             visit_token=np.array(self.visits[0], dtype=np.int64),
             visit_item=local(visit_rows),
             visit_time=np.array(self.visits[2], dtype=np.float64),

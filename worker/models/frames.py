@@ -103,15 +103,18 @@ def unpack(data: bytes, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     for entry in layout:
         try:
-            dtype = np.dtype(entry["dtype"])
+            name, dtype_name = str(entry["name"]), entry["dtype"]
+            if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
+                raise ValueError(f"dtype {dtype_name!r} not allowed")
+            dtype = np.dtype(dtype_name)
             shape = tuple(int(n) for n in entry["shape"])
             at = int(entry["at"])
         except (KeyError, TypeError, ValueError) as error:
             raise FrameError(f"bad array entry {entry!r}: {error}") from None
-        if entry["dtype"] not in _DTYPES or min(shape, default=0) < 0:
-            raise FrameError(f"array {entry.get('name')!r}: dtype or shape not allowed")
-        count = int(np.prod(shape, dtype=np.int64))
-        if at < 0 or at + count * dtype.itemsize > size:
-            raise FrameError(f"array {entry.get('name')!r} runs past the body")
-        arrays[str(entry["name"])] = np.frombuffer(body, dtype, count, at).reshape(shape)
+        count = 1
+        for n in shape:  # Python ints: a crafted shape cannot overflow to a small count
+            count *= n
+        if min(shape, default=0) < 0 or at < 0 or at + count * dtype.itemsize > size:
+            raise FrameError(f"array {name!r} has a bad shape or runs past the body")
+        arrays[name] = np.frombuffer(body, dtype, count, at).reshape(shape)
     return meta, arrays

@@ -117,7 +117,7 @@ class ModelTotals:
     def add(self, delta: ModelDelta) -> None:
         self.events += delta.events
         self.deltas += 1
-        self.pairs += int(delta.pair_source.size)
+        self.pairs += delta.pair_visits
         self.visits += int(delta.visit_token.size)
         self.lessons += int(delta.lessons.shape[0])
         self.trend_weight += float(delta.trend_weight.sum())

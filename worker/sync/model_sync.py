@@ -26,7 +26,7 @@ from typing import Protocol
 from worker.metrics import Metrics
 from worker.models.delta import ModelDelta, decode_delta, encode_delta
 from worker.recommend.core import Recommender
-from worker.sync.checkpoint import CheckpointRefused, decode_checkpoint, pack_checkpoint, snapshot
+from worker.sync.checkpoint import decode_checkpoint, pack_checkpoint, snapshot
 
 __all__ = ["CheckpointStore", "LogRecord", "ModelLog", "ModelSync", "new_origin"]
 
@@ -121,7 +121,8 @@ class ModelSync:
         for data in self.checkpoints.newest_first():
             try:
                 checkpoint = decode_checkpoint(data, self.recommender)
-            except CheckpointRefused as error:
+                checkpoint.install(Recommender(self.recommender.settings))  # a dry run
+            except Exception as error:  # whatever is wrong with it, never install it half
                 log.error("model checkpoint refused (%d bytes): %s", len(data), error)
                 if self.metrics is not None:
                     self.metrics.checkpoints_refused.inc()
@@ -195,11 +196,11 @@ class ModelSync:
                 continue
             try:
                 delta = decode_delta(record.data)
+                outcome = rec.apply_delta(delta)  # checks what it needs before changing a thing
             except ValueError as error:
                 log.error("model delta at %d refused: %s", record.position, error)
                 self._count("corrupt", len(record.data))
                 continue
-            outcome = rec.apply_delta(delta)
             self._count(outcome, len(record.data))
             if outcome == "applied":
                 applied += 1
