@@ -23,7 +23,7 @@ from worker.evaluate.partitioning import user_partition, worker_of_partition
 from worker.recommend.core import Envelope, Recommender
 from worker.recommend.signals import event_weight
 from worker.state.store import StateStore
-from worker.sync.model_sync import ModelSync, new_origin
+from worker.sync.model_sync import ModelSync
 from worker.testing import MemoryCheckpoints, MemoryModelLog, MemoryStates
 
 __all__ = [
@@ -107,16 +107,17 @@ class TailorModel:
         self.checkpoints = MemoryCheckpoints(lambda: self.now, settings.model_checkpoints_kept)
         shared = self.sync and (workers > 1 or restart_every_s is not None)
         self.shared = shared
+        self.restarts = 0
         self.workers = [self._start_worker(n) for n in range(max(workers, 1))]
         self._offsets = [0] * self.partitions
         self._next_restart: float | None = None
         self._next_checkpoint: float | None = None
         self._checkpointed_at: list[int] = []  # log positions of the kept checkpoints
         self._lists: dict[str, list[str]] = {}
-        self.restarts = 0
 
     def _start_worker(self, number: int, restore: bool = False) -> _Worker:
-        recommender = Recommender(self.settings, origin=f"w{number}-{new_origin()}")
+        # Named by worker and restart: unique as a process id is, and the replay repeatable.
+        recommender = Recommender(self.settings, origin=f"w{number}-{self.restarts}")
         sync = None
         if self.shared:
             reader = self.log.reader(lambda: self.now, self.settings.model_sync_max_lag_s)
