@@ -42,6 +42,26 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("catch_up_s", "catch-up s"),
     ("seconds", "seconds"),
 )
+#: The shared models, merged as a starting worker merges them ("model") against one
+#: uninterrupted worker replaying the same events ("replay"): the second table.
+_MODEL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("scenario", "scenario"),
+    ("model_events", "model events"),
+    ("replay_events", "replay events"),
+    ("model_visits", "model visits"),
+    ("replay_visits", "replay visits"),
+    ("model_trend_weight", "model trend weight"),
+    ("replay_trend_weight", "replay trend weight"),
+    ("model_pairs", "model pairs"),
+    ("log_pairs", "whole-topic pairs"),
+    ("replay_pairs", "replay pairs"),
+    ("lessons_ratio", "lessons ratio"),
+    ("model_deltas", "deltas"),
+    ("refused_deltas", "refused"),
+    ("duplicate_deltas", "duplicate"),
+    ("restored_from", "checkpoint at"),
+    ("models_s", "check s"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +103,7 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.C
         return
     seconds = round(time.monotonic() - config.stash[STARTED_KEY], 1)
     terminalreporter.section("chaos figures")
-    rows = [[label for _, label in _COLUMNS]]
-    rows += [[_cell(f.as_json()[name]) for name, _ in _COLUMNS] for f in figures]
-    widths = [max(len(row[k]) for row in rows) for k in range(len(_COLUMNS))]
-    for row in rows:
-        terminalreporter.write_line(
-            "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
-        )
+    _table(terminalreporter, figures, _COLUMNS)
     lost = sum(f.lost for f in figures)
     doubled = sum(f.doubled for f in figures)
     terminalreporter.write_line(
@@ -101,9 +115,32 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.C
     path = config.rootpath / FIGURES_FILE
     write_figures(figures, path, {"suite_seconds": seconds, "machine": machine_info()})
     terminalreporter.write_line(f"figures written to {path}")
+    terminalreporter.section("shared model totals")
+    _table(terminalreporter, figures, _MODEL_COLUMNS)
+    terminalreporter.write_line(
+        "model: newest checkpoint + model topic; whole-topic: every delta, no checkpoint; "
+        "replay: one uninterrupted worker, replayed by the test. Events, visits, pairs (co-visits) "
+        "and trend weight must match; the lessons ratio is reported only."
+    )
 
 
-def _cell(value: object) -> str:
+def _table(
+    terminalreporter: TerminalReporter,
+    figures: list[Figures],
+    columns: tuple[tuple[str, str], ...],
+) -> None:
+    rows = [[label for _, label in columns]]
+    rows += [[_cell(f.as_json()[name], name) for name, _ in columns] for f in figures]
+    widths = [max(len(row[k]) for row in rows) for k in range(len(columns))]
+    for row in rows:
+        terminalreporter.write_line(
+            "  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
+        )
+
+
+def _cell(value: object, name: str = "") -> str:
+    if name == "lessons_ratio" and isinstance(value, float):
+        return f"{value:.3f}"  # near 1: one decimal would hide the difference
     if isinstance(value, float):
         return f"{value:.1f}"
     if isinstance(value, int):

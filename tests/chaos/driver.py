@@ -9,6 +9,8 @@ variables only, so what the suite shows is what a deployment gets.
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
 import os
 import random
 import re
@@ -21,7 +23,9 @@ import urllib.request
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,21 +33,35 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import headers_of
 from worker.config import ENV_PREFIX, Settings
-from worker.state.store import UserStore
+from worker.decode import decode_event
+from worker.metrics import Metrics
+from worker.recommend.core import Envelope, ModelTotals, Recommender
+from worker.state.store import RedisCheckpoints, UserStore
+from worker.sync.model_sync import CheckpointStore, ModelSync
+from worker.testing import MemoryCheckpoints, MemoryStates
 from worker.transport.dlq import HEADER_PREFIX
+from worker.transport.model_log import KafkaModelLog
 
 __all__ = [
     "Figures",
     "Fleet",
+    "ModelView",
     "OutputReader",
     "PacedProducer",
     "Stream",
     "applied_counts",
+    "group_assignment",
     "make_stream",
+    "merged_models",
+    "replayed_models",
+    "scrape_metrics",
+    "start_replay",
     "wait_for_members",
+    "whole_log_models",
 ]
 
 WORKER_COMMAND = [str(Path(sys.executable).with_name("tailor")), "run"]
@@ -322,6 +340,7 @@ class WorkerProcess:
 
     def __init__(self, slot: str, environment: dict[str, str], log_path: Path) -> None:
         self.slot = slot
+        self.log_path = log_path  # the whole log (``tail`` keeps only the last lines)
         self.expected_exit = False
         self.stale = 0
         self.replayed_seen = 0
@@ -342,7 +361,7 @@ class WorkerProcess:
     def _read_log(self, log_path: Path) -> None:
         stdout: IO[str] | None = self.process.stdout
         assert stdout is not None
-        with log_path.open("a") as copy:
+        with log_path.open("a", buffering=1) as copy:  # by line: readable while it runs
             for line in stdout:
                 copy.write(line)
                 self.tail.append(line.rstrip("\n"))
@@ -516,6 +535,155 @@ def wait_for_members(
     )
 
 
+def group_assignment(bootstrap: str, group: str) -> dict[str, list[int]]:
+    """Who owns which partitions now, by client id (the group's description, as the
+    broker sees it: what a member logged may already be out of date)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    owners: dict[str, list[int]] = {}
+    for member in description.members:
+        assert member.client_id not in owners, f"two members named {member.client_id}"
+        owners[member.client_id] = sorted(p.partition for p in member.assignment.topic_partitions)
+    return owners
+
+
+def scrape_metrics(port: int, timeout_s: float = 5.0) -> dict[str, float]:
+    """Every sample of a worker's ``/metrics``, keyed as Prometheus prints them.
+
+    A labelled sample is keyed ``name{label="value"}`` (labels sorted), a plain one by its
+    name, so a test names exactly the series it reads: ``tailor_model_deltas_total
+    {result="applied"}`` and not some sum over results.
+    """
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+# -- the shared models -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    """What one reading of the shared models counted, and how the model topic went."""
+
+    totals: ModelTotals
+    restored_from: int | None  # log position of the checkpoint installed (None: none)
+    log_end: int  # records in the model topic
+    outcomes: Counter[str]  # deltas read: applied, own, duplicate, refused, corrupt
+    complaints: list[str]  # what the reading logged at ERROR (a checkpoint refused, say)
+
+
+def merged_models(settings: Settings, client: redis.Redis, timeout_s: float = 180.0) -> ModelView:
+    """The shared models exactly as a worker starting now would build them: the newest
+    readable checkpoint in Redis, then the model topic from its position to the end.
+
+    The workers must be stopped first, or the end moves while it is read.
+    """
+    return _read_models(settings, RedisCheckpoints(client, settings, "checker"), timeout_s)
+
+
+def whole_log_models(settings: Settings, timeout_s: float = 180.0) -> ModelView:
+    """The shared models from every delta of the model topic, in its order, no checkpoint.
+
+    This is the order every worker decides in; a checkpoint that disagrees with it was
+    written from a view that no other worker shares. Its ``refused`` count is the number
+    of distinct deltas refused (each worker's metric counts the same delta again).
+    """
+    return _read_models(settings, MemoryCheckpoints(time.time), timeout_s)
+
+
+def _read_models(settings: Settings, checkpoints: CheckpointStore, timeout_s: float) -> ModelView:
+    recommender = Recommender(settings, origin="checker")
+    model_log = KafkaModelLog(settings)
+    metrics = Metrics()
+    sync = ModelSync(recommender, model_log, checkpoints, 1e9, metrics=metrics, background=False)
+    complaints = _Complaints()
+    logger = logging.getLogger("tailor.sync")
+    logger.addHandler(complaints)
+    try:
+        sync.restore()
+        sync.catch_up(timeout_s)
+        _, end = model_log.bounds()
+    finally:
+        logger.removeHandler(complaints)
+        model_log.close()
+    assert sync.position >= end, f"model topic read to {sync.position} of {end} in {timeout_s} s"
+    outcomes: Counter[str] = Counter()
+    for result in ("applied", "own", "duplicate", "refused", "corrupt"):
+        value = metrics.registry.get_sample_value("tailor_model_deltas_total", {"result": result})
+        outcomes[result] = int(value or 0)
+    return ModelView(recommender.totals, sync.restored_from, end, outcomes, complaints.said)
+
+
+class _Complaints(logging.Handler):
+    """Keeps what the model sync logs at ERROR: why a checkpoint or a delta was refused."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.said: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.said.append(record.getMessage())
+
+
+def start_replay(
+    settings: Settings, stream: Stream, coordinates: list[Coordinates | None]
+) -> Future[ModelTotals]:
+    """:func:`replayed_models` in another process, so it runs beside the model topic's
+    readings on the other core. Spawned, not forked: this process holds Kafka clients'
+    threads, which a fork would copy mid-flight."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    future = pool.submit(replayed_models, settings, stream, list(coordinates))
+    pool.shutdown(wait=False)  # the process exits once the replay is done
+    return future
+
+
+def replayed_models(
+    settings: Settings, stream: Stream, coordinates: list[Coordinates | None]
+) -> ModelTotals:
+    """The shared models of one worker that was never interrupted, computed by the test.
+
+    Every valid event of the stream, at the partition and offset it really got, in
+    partition order, through :meth:`Recommender.process` in micro-batches of the worker's
+    size, with user states read before each batch and written after it (as
+    ``TailorModel.learn`` does in the evaluation harness). Decoded by the worker's own
+    decoder, so an event the stream calls valid that the worker would refuse shows up here.
+    """
+    skew = timedelta(seconds=settings.max_future_skew_s)
+    envelopes: list[Envelope] = []
+    for (_, value), event_id, where in zip(
+        stream.messages, stream.event_ids, coordinates, strict=True
+    ):
+        if event_id is None:
+            continue
+        assert where is not None, f"{event_id} has no delivery report"
+        decoded = decode_event(
+            value,
+            max_bytes=settings.max_message_bytes,
+            max_future_skew=skew,
+            min_event_time=settings.min_event_time,
+            max_id_length=settings.max_id_length,
+        )
+        assert decoded.event is not None, f"{event_id} refused: {decoded.dead_letter}"
+        envelopes.append(Envelope(decoded.event, *where))
+    envelopes.sort(key=lambda envelope: (envelope.partition, envelope.offset))
+    recommender, states = Recommender(settings), MemoryStates()
+    size = settings.batch_size
+    for start in range(0, len(envelopes), size):
+        batch = envelopes[start : start + size]
+        users = list(dict.fromkeys(envelope.event.user_id for envelope in batch))
+        result = recommender.process(batch, states.read(users))
+        states.write(result.writes)
+        states.erase(result.erased)
+    return recommender.totals
+
+
 # -- the figures -------------------------------------------------------------------------
 
 
@@ -544,6 +712,29 @@ class Figures:
     worker_restarts: int = 0
     catch_up_s: float = 0.0  # from the last input acknowledged to everything accounted for
     seconds: float = 0.0
+    # The shared models: merged as a starting worker builds them (newest checkpoint, then
+    # the model topic), against one uninterrupted worker replaying the valid events.
+    model_events: int = 0
+    replay_events: int = 0
+    model_visits: int = 0
+    replay_visits: int = 0
+    model_pairs: int = 0  # co-visits (before they are summed per pair)
+    replay_pairs: int = 0
+    model_trend_weight: float = 0.0
+    replay_trend_weight: float = 0.0
+    model_lessons: int = 0  # ranker lessons may differ after restarts (not checked)
+    replay_lessons: int = 0
+    log_events: int = 0  # the whole model topic in its order, no checkpoint
+    log_visits: int = 0
+    log_pairs: int = 0
+    log_trend_weight: float = 0.0
+    model_deltas: int = 0  # records in the model topic
+    refused_deltas: int = 0  # distinct deltas refused (the whole-topic reading)
+    duplicate_deltas: int = 0
+    restored_from: int = -1  # model topic position of the checkpoint used (-1: none)
+    models_match: bool = False  # events, visits, pairs and trend weight as the replay's
+    models_s: float = 0.0  # checking the models, once the workers are stopped
+    reading_s: float = 0.0  # of which reading the model topic twice (the replay runs beside)
 
     @property
     def lost(self) -> int:
@@ -553,8 +744,17 @@ class Figures:
     def doubled(self) -> int:
         return self.users_doubled
 
+    @property
+    def lessons_ratio(self) -> float:
+        """Merged ranker lessons per lesson of the replay (1.0 when nothing to compare)."""
+        return self.model_lessons / self.replay_lessons if self.replay_lessons else 1.0
+
     def as_json(self) -> dict[str, Any]:
-        return asdict(self) | {"lost": self.lost, "doubled": self.doubled}
+        return asdict(self) | {
+            "lost": self.lost,
+            "doubled": self.doubled,
+            "lessons_ratio": round(self.lessons_ratio, 4),
+        }
 
 
 def write_figures(figures: list[Figures], path: Path, extra: dict[str, Any]) -> None:

@@ -115,6 +115,7 @@ class Ranker:
         """
         learn_one = self.model.learn_one
         pairs = 0
+        differences = differences[np.isfinite(differences).all(axis=1)]  # never learn NaN
         for difference in differences.astype(np.float64).tolist():
             learn_one(dict(zip(FEATURES, difference, strict=True)), True)
             pairs += 1

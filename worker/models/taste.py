@@ -29,6 +29,7 @@ FloatArray = npt.NDArray[np.float64]
 _INIT_SCALE = 1.0  # unit-scale starts: skip-gram steps move vectors in proportion to them
 _USER_START_SCALE = 0.01  # a new user's vector: next to nothing, their first event dominates
 _USER_STARTS = 8192
+_MAX_NORM = 8.0  # item vectors start near length 1; see TasteModel._bound
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -135,6 +136,24 @@ class TasteModel:
         np.add.at(self.vectors, sources, rate * (pull32 * vt + push32 * vn - reg * vs))
         np.add.at(self.vectors, targets, rate * (pull32 * vs - reg * vt))
         np.add.at(self.vectors, negatives, rate * (push32 * vs - reg * vn))
+        self._bound(np.concatenate([sources, targets, negatives]))
+
+    def _bound(self, rows: IntArray) -> None:
+        """Cap the length of the rows just moved at ``_MAX_NORM``.
+
+        All of a batch's steps are computed from the vectors as they were before it, so
+        a popular item pulled by hundreds of pairs at once takes hundreds of steps in one
+        direction: without a cap that overshoots, grows, and ends in overflow (seen in the
+        fault suite's busy stream: 1e18 after 17k events, then NaN everywhere).
+        """
+        touched = np.unique(rows)
+        norms = np.linalg.norm(self.vectors[touched], axis=1)
+        long = ~(norms <= _MAX_NORM)  # NaN too: such a row restarts from zero
+        if long.any():
+            scale = np.where(np.isfinite(norms[long]), _MAX_NORM / norms[long], 0.0)
+            self.vectors[touched[long]] = np.nan_to_num(
+                self.vectors[touched[long]] * scale[:, None].astype(np.float32)
+            )
 
     def fold(self, users: F32, user_slot: IntArray, rows: IntArray, signs: FloatArray) -> None:
         """Fold each event's item into its user's vector: a decayed sum of unit vectors.

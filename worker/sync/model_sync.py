@@ -123,7 +123,12 @@ class ModelSync:
                 checkpoint = decode_checkpoint(data, self.recommender)
                 checkpoint.install(Recommender(self.recommender.settings))  # a dry run
             except Exception as error:  # whatever is wrong with it, never install it half
-                log.error("model checkpoint refused (%d bytes): %s", len(data), error)
+                log.error(
+                    "model checkpoint refused (%d bytes): %s: %s",
+                    len(data),
+                    type(error).__name__,
+                    error,
+                )
                 if self.metrics is not None:
                     self.metrics.checkpoints_refused.inc()
                 continue
@@ -232,7 +237,11 @@ class ModelSync:
         if self._writer is not None and self._writer.is_alive():
             return False
         self.checkpoint_at = now
-        if not self.checkpoints.claim(self.interval_s):
+        try:
+            if not self.checkpoints.claim(self.interval_s):
+                return False
+        except Exception as error:  # Redis away: the next interval tries again
+            log.warning("model checkpoint skipped: cannot take the lease (%s)", error)
             return False
         self.checkpoint()
         return True
