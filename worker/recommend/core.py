@@ -17,7 +17,6 @@ A micro-batch is handled in three steps:
 
 from __future__ import annotations
 
-import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -169,9 +168,7 @@ class Recommender:
         self.ranker = Ranker(
             settings.ranker_learning_rate, settings.ranker_l2, settings.ranker_optimizer
         )
-        # Seeded per process too: a restart must not replay the same exploration picks
-        # (every restarted copy drew the same slots, and coverage fell by a fifth).
-        self.rng = np.random.default_rng([settings.seed, zlib.crc32(origin.encode())])
+        self.rng = np.random.default_rng(settings.seed)  # reseeded by a checkpoint restore
         self.deny_categories = set(settings.deny_categories)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
