@@ -89,11 +89,14 @@ def test_no_metric_is_labelled_by_user_or_item() -> None:
     for metric in declared:
         names = set(metric._labelnames)
         assert not names & FORBIDDEN_LABELS, metric
-        assert names <= {"topic", "partition", "reason"}, metric
+        # bounded: topics, partitions, DLQ reasons, model delta outcomes and directions
+        assert names <= {"topic", "partition", "reason", "result", "direction"}, metric
     # and what the registry actually exposes, once every labelled series exists
     metrics.consumed.labels("tailor.events").inc()
     metrics.dead_lettered.labels("empty").inc()
     metrics.set_lag([("tailor.events", 0, 5)])
+    metrics.model_deltas.labels("applied").inc()
+    metrics.model_delta_bytes.labels("out").inc(100)
     for family in metrics.registry.collect():
         for sample in family.samples:
             assert not set(sample.labels) & FORBIDDEN_LABELS, sample
