@@ -51,6 +51,7 @@ class TasteModel:
         self.item_ids: Sequence[str] = item_ids if item_ids is not None else ()
         self.vectors: F32 = np.zeros((0, dim), dtype=np.float32)
         self.content_set: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self._pending: dict[int, F32] = {}  # content for rows not started yet
         self._ready = 0
         self._user_starts: F32 | None = None
 
@@ -63,6 +64,7 @@ class TasteModel:
         """
         if rows <= self._ready:
             return
+        rows = max(rows, len(self.item_ids))  # every item known by now, in one go
         self.vectors = grow_rows(self.vectors, rows)
         self.content_set = grow_rows(self.content_set, rows, fill=False)
         ids = self.item_ids
@@ -70,7 +72,9 @@ class TasteModel:
         self.vectors[self._ready : rows] = hashed_normal(fresh, self.dim, self.seed) * (
             _INIT_SCALE / np.sqrt(self.dim)
         )
-        self._ready = rows
+        begin, self._ready = self._ready, rows
+        for row in [r for r in self._pending if begin <= r < rows]:
+            self._blend(row, self._pending.pop(row))
 
     def set_content(self, row: int, vector: F32) -> None:
         """Blend a catalog content vector into the item's start, once (learning moves it on).
@@ -78,7 +82,12 @@ class TasteModel:
         A catalog update of an item already placed (or a reload of the catalog after a
         checkpoint restored the vectors) must not drag a learned vector back.
         """
-        self.ensure(row + 1)
+        if row >= self._ready:  # started in bulk later: a catalog load is 100k upserts
+            self._pending[row] = vector
+            return
+        self._blend(row, vector)
+
+    def _blend(self, row: int, vector: F32) -> None:
         if self.content_set[row]:
             return
         self.vectors[row] = 0.5 * self.vectors[row] + _INIT_SCALE * vector
