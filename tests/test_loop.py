@@ -8,16 +8,15 @@ cluster, with the in-memory user store, model log and checkpoint store of
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import orjson
 import pytest
 from confluent_kafka import Producer
 
-from tests.helpers import event
+from tests.helpers import event, running_worker
 from worker.config import Settings
 from worker.demo import start_mock_cluster
 from worker.loop import Worker
@@ -45,19 +44,6 @@ def cluster() -> Iterator[tuple[Producer, Settings]]:
     yield producer, settings
     producer.flush(5)
     owner.flush(1)
-
-
-@contextmanager
-def running(worker: Worker) -> Iterator[Worker]:
-    worker.start(catalog_timeout_s=10, kafka_timeout_s=10)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -94,15 +80,12 @@ def test_workers_learn_each_others_events_and_a_new_one_restores_them(
     log, states = MemoryModelLog(), MemoryStates()
     checkpoints = MemoryCheckpoints(time.time, keep=2)
 
-    def worker() -> Worker:
-        return Worker(
-            settings,
-            store=states,
-            model_log=log.reader(time.time),
-            checkpoints=checkpoints,
+    def worker() -> AbstractContextManager[Worker]:
+        return running_worker(
+            settings, store=states, model_log=log.reader(time.time), checkpoints=checkpoints
         )
 
-    with running(worker()) as first, running(worker()) as second:
+    with worker() as first, worker() as second:
         wait_until(lambda: len(owned(first)) == 2 and len(owned(second)) == 2, 60, "a rebalance")
         assert not covisits(second, "lamp", "shade")
         mine = sorted(owned(first))[0]
@@ -115,8 +98,7 @@ def test_workers_learn_each_others_events_and_a_new_one_restores_them(
         wait_until(lambda: len(checkpoints.saved) > 0, 10, "a checkpoint")
 
     # Both gone: a new worker starts from the checkpoint and the model log, not cold.
-    restarted = worker()
-    with running(restarted):
+    with worker() as restarted:
         assert covisits(restarted, "lamp", "shade")
         assert restarted.sync is not None
         assert restarted.sync.restored_from is not None

@@ -207,9 +207,10 @@ class Recommender:
     ) -> BatchResult:
         """Learn from ``batch`` and return every touched user's new state and list."""
         result = BatchResult()
-        self._forgotten_sessions: list[int] = []
-        users = self._sort_out(batch, states, result)
-        result.delta = self._learn(users, [e for e in batch if e.event.type is EventType.FORGET])
+        forgotten: list[int] = []  # session tokens of users erased by this batch
+        users = self._sort_out(batch, states, result, forgotten)
+        forgets = [e for e in batch if e.event.type is EventType.FORGET]
+        result.delta = self._learn(users, forgets, forgotten)
         generated_at = now or datetime.now(UTC)
         contexts = [UserContext.of(user.covered[-1].event) for user in users.values()]
         lists = self.recommend([user.state for user in users.values()], contexts)
@@ -234,6 +235,7 @@ class Recommender:
         batch: Sequence[Envelope],
         states: Mapping[str, UserState | None],
         result: BatchResult,
+        forgotten: list[int],
     ) -> dict[str, _UserBatch]:
         grouped: dict[str, list[Envelope]] = {}
         for envelope in batch:
@@ -247,7 +249,7 @@ class Recommender:
             if forgets:
                 # Everything up to the last forget is erased; later events start afresh.
                 if state is not None:
-                    self._forgotten_sessions += state.sessions
+                    forgotten += state.sessions
                 state = None
                 self._shown.pop(user_id, None)
                 envelopes = received[forgets[-1] + 1 :]
@@ -265,7 +267,10 @@ class Recommender:
     # -- learning ---------------------------------------------------------------------------
 
     def _learn(
-        self, users: Mapping[str, _UserBatch], forgets: Sequence[Envelope]
+        self,
+        users: Mapping[str, _UserBatch],
+        forgets: Sequence[Envelope],
+        forgotten: list[int],
     ) -> ModelDelta | None:
         """Update the users' states and collect what the shared models learn, then learn it.
 
@@ -284,7 +289,7 @@ class Recommender:
         taste_on = settings.part_on("taste")
         builder = DeltaBuilder()
         builder.lessons = self._ranker_lessons(users)
-        builder.forgotten = self._forgotten_sessions
+        builder.forgotten = forgotten
         for envelope in forgets:
             if envelope.offset > self.contributed.get(envelope.partition, -1):
                 builder.event(envelope.partition, envelope.offset)
