@@ -513,3 +513,65 @@ def test_harness_workers_learn_the_whole_stream_only_with_sync(sync: bool) -> No
     else:
         assert sum(learned) == len(events)
         assert all(0 < n < len(events) for n in learned)
+
+
+@dataclass
+class Zombie:
+    zombie: ModelSync  # lost its partitions, published its last batch after the taker's
+    taker: ModelSync  # took the partitions over and redid a longer batch first
+    reader: Recommender  # read the whole log and nothing else
+    log: MemoryModelLog
+    checkpoints: MemoryCheckpoints
+    metrics: Metrics  # the zombie's
+
+
+@pytest.fixture
+def zombie() -> Zombie:
+    """The chaos suite's zombie at the smallest scale (the CI failure of stop 16).
+
+    Both workers learn their own delta at once; the log holds the taker's first. Every
+    reader of the log takes the taker's and drops the zombie's as a duplicate, while the
+    zombie kept its own and refuses the taker's: its models hold fewer events than the
+    log's, and a checkpoint of them would hand that on to every worker starting from it.
+    """
+    log, checkpoints, metrics = MemoryModelLog(), MemoryCheckpoints(STILL), Metrics()
+    share = [e for e in BATCHES[0] + BATCHES[1] if OWNER[e.partition] == 0]
+    late = Recommender(SETTINGS, origin="zombie")
+    zombie = ModelSync(late, log.reader(STILL), checkpoints, 60.0, clock=STILL,
+                       background=False, metrics=metrics)  # fmt: skip
+    early = Recommender(SETTINGS, origin="taker")
+    taker = ModelSync(early, log.reader(STILL), checkpoints, 60.0, clock=STILL,
+                      background=False)  # fmt: skip
+    stale = late.process(share[: len(share) // 2], _Store().read(share)).delta
+    taker.publish(early.process(share, _Store().read(share)).delta)
+    zombie.publish(stale)
+    reader = Recommender(SETTINGS, origin="reader")
+    ModelSync(reader, log.reader(STILL), checkpoints, 60.0, clock=STILL).catch_up()
+    zombie.clock = taker.clock = lambda: 60.0  # a checkpoint interval later: one is due
+    return Zombie(zombie, taker, reader, log, checkpoints, metrics)
+
+
+def test_a_zombie_learning_its_own_delta_first_stops_checkpointing(zombie: Zombie) -> None:
+    assert zombie.reader.totals.events == zombie.taker.recommender.totals.events
+    zombie.zombie.poll()
+    assert zombie.zombie.diverged
+    assert zombie.zombie.recommender.totals.events < zombie.reader.totals.events
+    assert zombie.metrics.registry.get_sample_value("tailor_model_diverged") == 1
+    assert not zombie.zombie.maybe_checkpoint()
+    assert zombie.checkpoints.saved == []
+
+
+def test_the_taker_checkpoints_exactly_what_the_log_holds(zombie: Zombie) -> None:
+    """Its own delta is not read back yet: ``maybe_checkpoint`` reads it first, so the
+    checkpoint plus the log after it give any starting worker the log's models."""
+    assert zombie.taker.unread_own
+    assert zombie.taker.maybe_checkpoint()
+    assert zombie.taker.consistent
+    assert not zombie.taker.diverged
+    assert zombie.taker.position == len(zombie.log.records) == 2
+    started = Recommender(SETTINGS, origin="started")
+    sync = ModelSync(started, zombie.log.reader(STILL), zombie.checkpoints, 60.0, clock=STILL)
+    assert sync.restore().endswith("at model log position 2")
+    sync.catch_up()
+    assert started.totals == zombie.reader.totals
+    assert started.contributed == zombie.reader.contributed

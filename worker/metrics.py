@@ -115,6 +115,13 @@ class Metrics:
             "Age of the newest model delta applied while more are waiting (0 when caught up)",
             registry=r,
         )
+        self.model_diverged = Gauge(
+            "tailor_model_diverged",
+            "1 once this worker's models counted a delta differently from a reader of the "
+            "model topic alone (it learned its own delta before an overlapping one from a "
+            "worker that had lost its partitions): it writes no checkpoint until restarted",
+            registry=r,
+        )
         self.checkpoint_age = Gauge(
             "tailor_model_checkpoint_age_seconds",
             "Seconds since the newest model checkpoint this worker wrote or loaded",

@@ -44,13 +44,46 @@ from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
 from worker.state.user import Interaction, UserState, UserWrite
 
-__all__ = ["BatchResult", "Envelope", "ModelTotals", "Published", "Recommender"]
+__all__ = [
+    "BatchResult",
+    "DeltaOutcome",
+    "Envelope",
+    "ModelTotals",
+    "Published",
+    "Recommender",
+    "count_delta",
+    "judge_delta",
+]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 MODEL_VERSION = f"tailor-{__version__}"
 DeltaOutcome = Literal["applied", "duplicate", "refused"]
+
+
+def judge_delta(
+    positions: Mapping[int, tuple[int, int]], contributed: Mapping[int, int]
+) -> DeltaOutcome:
+    """Whether a delta of events at ``positions`` counts, given what is counted already.
+
+    The one rule every copy of the models follows (:meth:`Recommender.apply_delta`), kept
+    apart so that a worker can also ask what a reader of the model topic alone decides.
+    """
+    behind = [first <= contributed.get(p, -1) for p, (first, _) in positions.items()]
+    if behind and all(last <= contributed.get(p, -1) for p, (_, last) in positions.items()):
+        return "duplicate"
+    if any(behind):
+        return "refused"
+    return "applied"
+
+
+def count_delta(positions: Mapping[int, tuple[int, int]], contributed: dict[int, int]) -> None:
+    """Record in ``contributed`` that the events at ``positions`` are counted."""
+    for partition, (_, last) in positions.items():
+        contributed[partition] = max(last, contributed.get(partition, -1))
+
+
 _CATEGORY_CACHE_REFRESHES = 8  # category top lists follow trending, a little behind
 _REMEMBERED_CANDIDATES = 100
 
@@ -385,13 +418,9 @@ class Recommender:
         ``refused`` (a batch redone after a crash, or a worker that lost its partitions
         still publishing): every copy decides alike, so they stay in step.
         """
-        behind = [first <= self.contributed.get(p, -1) for p, (first, _) in delta.positions.items()]
-        if behind and all(
-            last <= self.contributed.get(p, -1) for p, (_, last) in delta.positions.items()
-        ):
-            return "duplicate"
-        if any(behind):
-            return "refused"
+        outcome = judge_delta(delta.positions, self.contributed)
+        if outcome != "applied":
+            return outcome
         if delta.lessons.size and delta.lessons.shape[1] != len(FEATURES):
             raise ValueError(
                 f"ranker lessons with {delta.lessons.shape[1]} features, not {len(FEATURES)}"
@@ -443,8 +472,7 @@ class Recommender:
             self.taste.learn_pairs(
                 sources[keep], targets[keep], negatives[keep], delta.taste_weight[keep]
             )
-        for partition, (_, last) in delta.positions.items():
-            self.contributed[partition] = max(last, self.contributed.get(partition, -1))
+        count_delta(delta.positions, self.contributed)
         self.totals.add(delta)
 
     def _pairs(

@@ -19,13 +19,14 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from worker.metrics import Metrics
 from worker.models.delta import ModelDelta, decode_delta, encode_delta
-from worker.recommend.core import Recommender
+from worker.recommend.core import DeltaOutcome, Recommender, count_delta, judge_delta
 from worker.sync.checkpoint import decode_checkpoint, pack_checkpoint, snapshot
 
 __all__ = ["CheckpointStore", "LogRecord", "ModelLog", "ModelSync", "new_origin"]
@@ -108,6 +109,12 @@ class ModelSync:
         self.restored_from: int | None = None
         self.lag_s = 0.0  # age of the newest delta applied while more were waiting
         self._writer: threading.Thread | None = None
+        # What a reader of the log alone has counted (positions per event partition), and
+        # the positions of own deltas learned at once but not read back yet: together they
+        # tell whether these models are the log's, which a checkpoint must be.
+        self.log_contributed: dict[int, int] = dict(recommender.contributed)
+        self.unread_own: deque[dict[int, tuple[int, int]]] = deque()
+        self.diverged = False
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -133,6 +140,7 @@ class ModelSync:
                     self.metrics.checkpoints_refused.inc()
                 continue
             checkpoint.install(self.recommender)
+            self.log_contributed = dict(checkpoint.contributed)
             self.position = checkpoint.log_position
             self.restored_from = checkpoint.log_position
             self.checkpoint_at = self.clock()
@@ -172,6 +180,7 @@ class ModelSync:
             return
         data = encode_delta(delta)
         self.log.append(data, delta.origin)
+        self.unread_own.append(delta.positions)
         if self.metrics is not None:
             self.metrics.model_deltas_published.inc()
             self.metrics.model_delta_bytes.labels("out").inc(len(data))
@@ -196,8 +205,9 @@ class ModelSync:
         rec, metrics = self.recommender, self.metrics
         for record in records:
             self.position = record.position + 1
-            if record.origin == rec.origin:
+            if record.origin == rec.origin and self.unread_own:
                 self._count("own", len(record.data))
+                self._follow_log(self.unread_own.popleft(), "applied", record.position)
                 continue
             try:
                 delta = decode_delta(record.data)
@@ -207,6 +217,7 @@ class ModelSync:
                 self._count("corrupt", len(record.data))
                 continue
             self._count(outcome, len(record.data))
+            self._follow_log(delta.positions, outcome, record.position)
             if outcome == "applied":
                 applied += 1
             elif outcome == "refused":
@@ -222,6 +233,40 @@ class ModelSync:
             metrics.checkpoint_age.set(max(0.0, self.clock() - self.checkpoint_at))
         return applied
 
+    def _follow_log(
+        self, positions: dict[int, tuple[int, int]], outcome: DeltaOutcome, position: int
+    ) -> None:
+        """Count the delta as a reader of the log alone would, and notice when this copy
+        decided otherwise.
+
+        Own deltas are learned at once, before the log has placed them. If a worker that
+        lost its partitions publishes an overlapping delta that lands first, the log's
+        readers take that one and drop ours, while this copy kept ours and refuses theirs.
+        The difference is at most a batch, but a checkpoint of it would hand it on to every
+        worker that starts from it, so such a copy stops writing checkpoints.
+        """
+        expected = judge_delta(positions, self.log_contributed)
+        if expected == "applied":
+            count_delta(positions, self.log_contributed)
+        if expected == outcome or self.diverged:
+            return
+        self.diverged = True
+        log.error(
+            "models diverged from the model topic at %d (the log counts a delta as %s, this "
+            "worker as %s): a worker that lost its partitions published an overlapping batch; "
+            "this worker writes no more checkpoints and is exact again after a restart",
+            position,
+            expected,
+            outcome,
+        )
+        if self.metrics is not None:
+            self.metrics.model_diverged.set(1)
+
+    @property
+    def consistent(self) -> bool:
+        """Whether the models are exactly the log's up to :attr:`position` (checkpointable)."""
+        return not self.diverged and not self.unread_own
+
     def _count(self, result: str, size: int) -> None:
         if self.metrics is not None:
             self.metrics.model_deltas.labels(result).inc()
@@ -236,6 +281,8 @@ class ModelSync:
             return False
         if self._writer is not None and self._writer.is_alive():
             return False
+        if not self._read_own_back():
+            return False  # the next loop turn tries again
         self.checkpoint_at = now
         try:
             if not self.checkpoints.claim(self.interval_s):
@@ -245,6 +292,14 @@ class ModelSync:
             return False
         self.checkpoint()
         return True
+
+    def _read_own_back(self, timeout_s: float = 1.0) -> bool:
+        """Read the log until this worker's own deltas are back (they are acknowledged, so
+        that is a fetch away); False if the models cannot be checkpointed now."""
+        deadline = time.monotonic() + timeout_s
+        while self.unread_own and not self.diverged and time.monotonic() < deadline:
+            self._apply(self.log.read(500, 0.1))
+        return self.consistent
 
     def checkpoint(self) -> None:
         """Snapshot now; encode and store in the background (or here, in the harness).
