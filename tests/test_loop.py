@@ -1,57 +1,105 @@
-"""The worker loop in one process, without servers: sync between workers and restore.
+"""The worker loop in one process, without servers: outputs, offsets, faults, sync, restore.
 
-The same :class:`~worker.loop.Worker` as ``tailor run``, on librdkafka's in-process mock
-cluster, with the in-memory user store, model log and checkpoint store of
-:mod:`worker.testing`. What the real-server tests show end to end
-(``tests/test_shared_models.py``), this shows for the loop's own logic, fast.
+The same :class:`~worker.loop.Worker` as ``tailor run``, turned one ``step`` at a time
+on the in-memory collaborators of :mod:`worker.testing`: events from a
+:class:`MemoryKafka` group, lists and dead letters into its topics, users in
+:class:`MemoryStates`, the model log and checkpoints in memory. What the real-server
+tests show end to end (``tests/test_worker.py``, ``tests/test_shared_models.py``, the
+fault suite), this shows for the loop's own logic, fast and deterministically.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
 
-from tests.helpers import event, running_worker
+from tests.helpers import event
 from worker.config import Settings
-from worker.demo import start_mock_cluster
 from worker.loop import Worker
-from worker.testing import MemoryCheckpoints, MemoryModelLog, MemoryStates
+from worker.testing import (
+    MemoryCheckpoints,
+    MemoryKafka,
+    MemoryModelLog,
+    MemorySink,
+    MemoryStates,
+)
+from worker.transport.delivery import DeliveryFailed
 
 ITEMS = ("lamp", "shade", "bulb", "vase", "rug", "mug")
+SETTINGS = Settings(model_checkpoint_interval_s=1, batch_wait_ms=1, metrics_port=0)
 
 
-@pytest.fixture
-def cluster() -> Iterator[tuple[Producer, Settings]]:
-    owner, bootstrap = start_mock_cluster()
-    settings = Settings(
-        bootstrap_servers=bootstrap,
-        model_checkpoint_interval_s=1,
-        batch_wait_ms=20,
-        metrics_port=0,
-    ).in_namespace(f"loop{time.monotonic_ns() % 10**8}")
-    for topic in (settings.events_topic, settings.catalog_topic, settings.recommendations_topic):
-        owner.list_topics(topic, timeout=10)  # the mock cluster creates 4 partitions
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for item in ITEMS:
-        body = {"item_id": item, "title": f"the {item}", "category": ["home"]}
-        producer.produce(settings.catalog_topic, key=item, value=orjson.dumps(body))
-    producer.flush(10)
-    yield producer, settings
-    producer.flush(5)
-    owner.flush(1)
+class Cluster:
+    """One in-memory Kafka, user store, model log and checkpoint store for many workers."""
+
+    def __init__(self, settings: Settings = SETTINGS) -> None:
+        self.settings = settings
+        self.kafka = MemoryKafka(partitions=4)
+        self.states = MemoryStates()
+        self.log = MemoryModelLog()
+        self.checkpoints = MemoryCheckpoints(time.time, keep=2)
+        for item in ITEMS:
+            body = {"item_id": item, "title": f"the {item}", "category": ["home"]}
+            self.kafka.append(settings.catalog_topic, item, orjson.dumps(body))
+
+    def worker(self, sink: MemorySink | None = None) -> Worker:
+        kafka = self.kafka
+        worker = Worker(
+            self.settings,
+            store=self.states,
+            model_log=self.log.reader(time.time),
+            checkpoints=self.checkpoints,
+            source=kafka.source(),
+            sink=sink or kafka.sink(),
+            dead_letter_sink=kafka.sink(),
+            catalog_feed=kafka.catalog_feed(self.settings.catalog_topic),
+        )
+        worker.start(catalog_timeout_s=5)
+        return worker
+
+    def send(self, user: str, item: str | None, kind: str = "click", **extra: Any) -> None:
+        body = orjson.dumps(event(user, item, kind, **extra))
+        self.kafka.append(self.settings.events_topic, user, body)
+
+    def lists(self) -> dict[str, list[str]]:
+        """The newest list published for each user."""
+        newest: dict[str, list[str]] = {}
+        for message in self.kafka.messages(self.settings.recommendations_topic):
+            value, key = message.value(), message.key()
+            if value is not None and key is not None:
+                newest[key.decode()] = [entry["item_id"] for entry in orjson.loads(value)["items"]]
+        return newest
+
+    def committed(self) -> int:
+        """Events covered by the group's committed offsets."""
+        topic = self.settings.events_topic
+        return sum(o for (t, _), o in self.kafka.committed.items() if t == topic)
+
+    def events_applied(self, user: str) -> int:
+        state = self.states.states.get(user)
+        return state.events if state is not None else 0
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def turn(*workers: Worker, until: Callable[[], bool], steps: int = 200) -> None:
+    """Step the workers in turn until ``until`` holds."""
+    for _ in range(steps):
+        if until():
+            return
+        for worker in workers:
+            worker.step()
+    raise AssertionError(f"not reached in {steps} steps")
+
+
+def drain(*workers: Worker) -> None:
+    """Step until every event has been read and every worker has nothing left to do."""
+    for _ in range(200):
+        if sum(worker.step() for worker in workers) == 0:
+            return
+    raise AssertionError("the workers never ran out of events")
 
 
 def covisits(worker: Worker, item: str, other: str) -> bool:
@@ -63,43 +111,123 @@ def covisits(worker: Worker, item: str, other: str) -> bool:
     return bool((rec.covis.neighbour[row] == wanted).any())
 
 
-def send(producer: Producer, settings: Settings, partition: int, user: str, item: str) -> None:
-    body = event(user, item)
-    producer.produce(settings.events_topic, key=user, value=orjson.dumps(body), partition=partition)
-    producer.flush(10)
-
-
 def owned(worker: Worker) -> set[int]:
     return {p.partition for p in worker.consumer.assignment()}
 
 
-def test_workers_learn_each_others_events_and_a_new_one_restores_them(
-    cluster: tuple[Producer, Settings],
-) -> None:
-    producer, settings = cluster
-    log, states = MemoryModelLog(), MemoryStates()
-    checkpoints = MemoryCheckpoints(time.time, keep=2)
+def test_every_event_gets_a_list_and_offsets_are_committed_after_delivery() -> None:
+    cluster = Cluster()
+    worker = cluster.worker()
+    for n in range(6):
+        cluster.send(f"u{n}", ITEMS[n % 3])
+        cluster.send(f"u{n}", ITEMS[n % 3 + 1])
+    drain(worker)
+    assert set(cluster.lists()) == {f"u{n}" for n in range(6)}
+    assert [cluster.events_applied(f"u{n}") for n in range(6)] == [2] * 6
+    worker.close()
+    assert cluster.committed() == 12
 
-    def worker() -> AbstractContextManager[Worker]:
-        return running_worker(
-            settings, store=states, model_log=log.reader(time.time), checkpoints=checkpoints
-        )
 
-    with worker() as first, worker() as second:
-        wait_until(lambda: len(owned(first)) == 2 and len(owned(second)) == 2, 60, "a rebalance")
-        assert not covisits(second, "lamp", "shade")
-        mine = sorted(owned(first))[0]
-        for n in range(5):  # shoppers on the first worker's partition buy both
-            send(producer, settings, mine, f"shopper{n}", "lamp")
-            send(producer, settings, mine, f"shopper{n}", "shade")
-        wait_until(lambda: covisits(first, "lamp", "shade"), 30, "the first worker to learn")
-        wait_until(lambda: covisits(second, "lamp", "shade"), 10, "the second worker to learn")
-        assert second.recommender.totals.events == first.recommender.totals.events == 10
-        wait_until(lambda: len(checkpoints.saved) > 0, 10, "a checkpoint")
+def test_a_malformed_event_is_dead_lettered_with_its_reason_and_nothing_is_lost() -> None:
+    cluster = Cluster()
+    worker = cluster.worker()
+    cluster.send("ann", "lamp")
+    cluster.kafka.append(cluster.settings.events_topic, "ann", b"{not json")
+    cluster.send("ann", "shade", kind="teleport")  # not an event type
+    cluster.send("ann", "bulb")
+    drain(worker)
+    letters = cluster.kafka.messages(cluster.settings.dlq_topic)
+    reasons = {m.value(): dict(m.headers() or [])["tailor.dlq.reason"] for m in letters}
+    assert len(reasons) == 2
+    assert reasons[b"{not json"] == b"not_json"
+    assert set(reasons.values()) == {b"not_json", b"unknown_type"}
+    assert cluster.events_applied("ann") == 2
+    worker.close()
+    assert cluster.committed() == 4  # the dead letters' offsets count once delivered
 
-    # Both gone: a new worker starts from the checkpoint and the model log, not cold.
-    with worker() as restarted:
-        assert covisits(restarted, "lamp", "shade")
-        assert restarted.sync is not None
-        assert restarted.sync.restored_from is not None
-        assert restarted.recommender.totals.events == 10  # nothing counted twice
+
+def test_a_failed_delivery_commits_nothing_and_a_new_worker_applies_the_batch_once() -> None:
+    cluster = Cluster()
+    refusing = cluster.kafka.sink()
+    refusing.failing.add(cluster.settings.recommendations_topic)
+    worker = cluster.worker(sink=refusing)
+    cluster.send("bo", "lamp")
+    cluster.send("bo", "shade")
+    with pytest.raises(DeliveryFailed):
+        drain(worker)
+    assert cluster.committed() == 0
+    assert cluster.events_applied("bo") == 2  # written before the lists were refused
+    worker.consumer.close()  # as ``tailor run`` does on the way out: nothing was stored
+    replacement = cluster.worker()
+    drain(replacement)
+    assert cluster.events_applied("bo") == 2  # replayed, not applied twice
+    assert replacement.stats.replayed == 2
+    assert "bo" in cluster.lists()
+    replacement.close()
+    assert cluster.committed() == 2
+
+
+def test_a_crash_replays_what_was_not_committed_without_applying_it_twice() -> None:
+    cluster = Cluster()
+    worker = cluster.worker()
+    for n in range(3):
+        cluster.send("cy", ITEMS[n])
+    drain(worker)
+    cluster.send("cy", "rug")
+    worker.step()  # handled, stored, but the crash comes before the next commit
+    assert cluster.events_applied("cy") == 4
+    assert cluster.committed() == 3
+    worker.consumer.crash()  # type: ignore[attr-defined]
+    after = cluster.worker()
+    drain(after)
+    assert after.stats.replayed == 1
+    assert cluster.events_applied("cy") == 4
+    assert after.recommender.totals.events == 4  # the models count it once as well
+    after.close()
+
+
+def test_a_joining_worker_splits_the_partitions_and_each_learns_the_others_events() -> None:
+    cluster = Cluster()
+    first = cluster.worker()
+    drain(first)
+    assert owned(first) == {0, 1, 2, 3}
+    second = cluster.worker()
+    drain(first, second)
+    assert owned(first) | owned(second) == {0, 1, 2, 3}
+    assert not owned(first) & owned(second)
+    shoppers = [f"shopper{n}" for n in range(12)]
+    for user in shoppers:
+        cluster.send(user, "lamp")
+        cluster.send(user, "shade")
+    drain(first, second)
+    handled = (first.stats.processed, second.stats.processed)
+    assert sum(handled) == 24
+    assert min(handled) > 0  # both workers had some of the shoppers
+    turn(first, second, until=lambda: all(covisits(w, "lamp", "shade") for w in (first, second)))
+    assert first.recommender.totals.events == second.recommender.totals.events == 24
+    assert [cluster.events_applied(user) for user in shoppers] == [2] * 12
+    first.close()
+    second.close()
+
+
+def test_a_worker_started_after_all_stopped_restores_the_models_from_the_checkpoint() -> None:
+    cluster = Cluster()
+    first = cluster.worker()
+    for n in range(5):
+        cluster.send(f"s{n}", "lamp")
+        cluster.send(f"s{n}", "shade")
+    drain(first)
+    time.sleep(1.1)  # one checkpoint interval
+    first.step()
+    assert first.sync is not None
+    first.sync.close()  # the checkpoint is written in the background
+    assert len(cluster.checkpoints.saved) == 1
+    cluster.send("late", "vase")  # after the checkpoint: read back from the model log
+    drain(first)
+    first.close()
+    restarted = cluster.worker()
+    assert restarted.sync is not None
+    assert restarted.sync.restored_from is not None
+    assert covisits(restarted, "lamp", "shade")
+    assert restarted.recommender.totals.events == 11  # nothing counted twice, nothing lost
+    restarted.close()

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.config import Settings
 from worker.decode import DeadLetter, Decoded, RecentEventIds, decode_catalog_item, decode_event
@@ -37,14 +37,14 @@ from worker.sync.model_sync import CheckpointStore, ModelLog, ModelSync, new_ori
 from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBatch
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
+    KafkaCatalogFeed,
     KafkaUnavailable,
-    assign_whole_topic,
     check_kafka,
-    make_catalog_consumer,
     make_consumer,
     make_producer,
 )
 from worker.transport.model_log import KafkaModelLog
+from worker.transport.ports import CatalogFeed, EventSource, Incoming, OutputSink
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -80,9 +80,17 @@ class Worker:
         store: StateStore | None = None,
         model_log: ModelLog | None = None,
         checkpoints: CheckpointStore | None = None,
+        source: EventSource | None = None,
+        sink: OutputSink | None = None,
+        dead_letter_sink: OutputSink | None = None,
+        catalog_feed: CatalogFeed | None = None,
     ) -> None:
-        """Collaborators default to the real ones (Redis, the model topic); tests hand in
-        the in-memory ones of :mod:`worker.testing` and run the same loop."""
+        """Collaborators default to the real ones (Kafka, Redis, the model topic); tests
+        hand in the in-memory ones of :mod:`worker.testing` and run the same loop.
+
+        ``source`` (the events topic), ``sink`` (lists) and ``dead_letter_sink`` default
+        to one confluent-kafka consumer and one producer, used as they are.
+        """
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = health or Health()
@@ -104,11 +112,17 @@ class Worker:
                 settings.model_checkpoint_interval_s,
                 metrics=self.metrics,
             )
-        self.producer: Producer = make_producer(settings, error_cb=self._on_kafka_error)
-        self.consumer: Consumer = make_consumer(
+        self._on_kafka = source is None  # the real clients: checked at start, closed here
+        producer = None
+        if sink is None or dead_letter_sink is None:
+            producer = make_producer(settings, error_cb=self._on_kafka_error)
+        self.sink: OutputSink = sink or producer  # type: ignore[assignment]
+        self.dead_letter_sink: OutputSink = dead_letter_sink or producer  # type: ignore[assignment]
+        self._producer = producer
+        self.consumer: EventSource = source or make_consumer(
             settings, error_cb=self._on_kafka_error, stats_cb=self._on_stats
         )
-        self.catalog: Consumer = make_catalog_consumer(settings)
+        self.catalog_feed: CatalogFeed = catalog_feed or KafkaCatalogFeed(settings)
         self.tracker = DeliveryTracker(self._store_offsets)
         self._skew = timedelta(seconds=settings.max_future_skew_s)
         self._recent_ids = RecentEventIds(settings.dedup_window)
@@ -126,7 +140,7 @@ class Worker:
         """Fail fast on Redis and Kafka, load the catalog, join the group."""
         self._check_servers(kafka_timeout_s)
         self._restore_models()
-        partitions = assign_whole_topic(self.catalog, self.settings.catalog_topic)
+        partitions = self.catalog_feed.assign()
         loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
         log.info("catalog: %d items from %d partition(s)", loaded, partitions)
         self._catch_up_models(kafka_timeout_s)
@@ -180,13 +194,10 @@ class Worker:
         """
         try:
             self.store.check()
-            check_kafka(self.settings, kafka_timeout_s)
+            if self._on_kafka:
+                check_kafka(self.settings, kafka_timeout_s)
         except (StoreUnavailable, KafkaUnavailable):
-            self.consumer.close()
-            self.catalog.close()
-            self.producer.close()
-            if self.model_log is not None:
-                self.model_log.close()
+            self._close_clients()
             raise
 
     def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> WorkerStats:
@@ -204,7 +215,7 @@ class Worker:
 
     def close(self) -> None:
         """Finish what is in flight: flush outputs, store and commit offsets, leave the group."""
-        remaining = self.producer.flush(30)
+        remaining = self._flush(30)
         try:
             if remaining:
                 log.error("%d outputs not acknowledged; their events will be replayed", remaining)
@@ -213,12 +224,9 @@ class Worker:
                 self._commit()
         except DeliveryFailed as error:
             log.error("not committing past a failed delivery (%s): it will be replayed", error)
-        self.consumer.close()
-        self.catalog.close()
-        self.producer.close()
-        if self.sync is not None and self.model_log is not None:
+        if self.sync is not None:
             self.sync.close()
-            self.model_log.close()
+        self._close_clients()
         self.health.set_ready(False, "stopped")
         self.metrics.ready.set(0)
         log.info(
@@ -235,7 +243,7 @@ class Worker:
     def step(self) -> int:
         """Consume and handle one micro-batch; returns how many messages it held."""
         self.health.beat()
-        self.producer.poll(0)
+        self._serve_deliveries()
         self._poll_catalog(500, 0)
         self._sync_models()
         messages = self.consumer.consume(
@@ -246,7 +254,7 @@ class Worker:
             return 0
         started = time.perf_counter()
         envelopes: list[Envelope] = []
-        letters: list[tuple[DeadLetter, Message]] = []
+        letters: list[tuple[DeadLetter, Incoming]] = []
         sent_at: dict[str, float] = {}  # user -> Kafka timestamp of their latest event (s)
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
@@ -270,9 +278,32 @@ class Worker:
         lessons_before = self.recommender.ranker.updates
         result = self.recommender.process(envelopes, states)
         self.metrics.ranker_lessons.inc(self.recommender.ranker.updates - lessons_before)
+        stale = self._complete(result, letters, next_offsets, sent_at)
+        self._account(len(messages), result, len(letters), stale, started)
+        return len(messages)
+
+    def _complete(
+        self,
+        result: BatchResult,
+        letters: list[tuple[DeadLetter, Incoming]],
+        next_offsets: dict[tuple[str, int], int],
+        sent_at: dict[str, float],
+    ) -> int:
+        """Make a handled batch durable, in the one order that keeps it exactly once.
+
+        1. The shared models' delta, acknowledged by Kafka: a crash after it finds the
+           events in the models and applies them to the users only.
+        2. The users' states (one offset-guarded round trip): a replay after it finds
+           them applied and skips them.
+        3. Lists and dead letters, produced; the batch's offsets are stored only once all
+           of them are acknowledged (:class:`DeliveryTracker`), and librdkafka commits
+           stored offsets (on revoke and close, at once).
+        4. A model checkpoint, between batches when due (:meth:`_sync_models`), of
+           models that hold exactly the model topic up to its offset.
+
+        Returns how many user writes the offset guard refused (another writer was ahead).
+        """
         if self.sync is not None:
-            # Durable before the users' write: a crash in between then finds the events
-            # in the shared models and applies them to the users only (exactly once both).
             self.sync.publish(result.delta)
             self.sync.flush(self.settings.outage_timeout_s)
         outcome = self._with_redis(lambda: self.store.write(result.writes))
@@ -283,9 +314,8 @@ class Worker:
         for letter, message in letters:
             self._dead_letter(batch, letter, message)
         self.tracker.seal(batch)
-        self.producer.poll(0)
-        self._account(len(messages), result, len(letters), outcome.stale, started)
-        return len(messages)
+        self._serve_deliveries()
+        return outcome.stale
 
     def _sync_models(self) -> None:
         """Learn the other workers' deltas that arrived; checkpoint when due.
@@ -325,9 +355,10 @@ class Worker:
         topic = self.settings.recommendations_topic
         erased = set(result.erased) | {w.state.user_id for w in result.writes if w.erase_first}
         for user_id in erased:  # a tombstone tells readers to drop what they kept
-            self._produce(batch, topic, user_id.encode(), None, None)
+            self._produce(self.sink, batch, topic, user_id.encode(), None, None)
         for published in result.published:
             self._produce(
+                self.sink,
                 batch,
                 topic,
                 published.user_id.encode(),
@@ -337,7 +368,7 @@ class Worker:
             )
 
     def _dead_letter(
-        self, batch: PendingBatch | None, letter: DeadLetter, message: Message
+        self, batch: PendingBatch | None, letter: DeadLetter, message: Incoming
     ) -> None:
         log.warning(
             "dead letter from %s[%d]@%d: %s (%s) %s",
@@ -350,6 +381,7 @@ class Worker:
         )
         self.metrics.dead_lettered.labels(letter.reason.value).inc()
         self._produce(
+            self.dead_letter_sink,
             batch,
             self.settings.dlq_topic,
             message.key(),
@@ -360,16 +392,17 @@ class Worker:
 
     def _produce(
         self,
+        sink: OutputSink,
         batch: PendingBatch | None,
         topic: str,
-        key: bytes | None,
-        value: bytes | None,
+        key: str | bytes | None,
+        value: str | bytes | None,
         sent_at: float | None,
         *,
         headers: list[tuple[str, str | bytes | None]] | None = None,
         counts_as_publish: bool = False,
     ) -> None:
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+        def on_delivery(error: KafkaError | None, _message: object) -> None:
             if batch is not None:
                 self.tracker.acknowledged(batch, None if error is None else str(error))
             if error is not None:
@@ -385,12 +418,32 @@ class Worker:
             self.tracker.sent(batch)
         while True:
             try:
-                self.producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=on_delivery
-                )
+                sink.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
-                self.producer.poll(0.05)
+                sink.poll(0.05)
+
+    def _sinks(self) -> list[OutputSink]:
+        """The distinct sinks (by default lists and dead letters share one producer)."""
+        return list({id(sink): sink for sink in (self.sink, self.dead_letter_sink)}.values())
+
+    def _serve_deliveries(self) -> None:
+        """Let the sinks call back for acknowledged outputs (never blocks)."""
+        for sink in self._sinks():
+            sink.poll(0)
+
+    def _flush(self, timeout_s: float) -> int:
+        """Wait until every output is acknowledged; returns how many are not."""
+        return sum(sink.flush(timeout_s) for sink in self._sinks())
+
+    def _close_clients(self) -> None:
+        """Close the Kafka clients this worker made, and every reader it was handed."""
+        self.consumer.close()
+        self.catalog_feed.close()
+        if self._producer is not None:
+            self._producer.close()
+        if self.model_log is not None:
+            self.model_log.close()
 
     def _account(
         self, consumed: int, result: BatchResult, letters: int, stale: int, started: float
@@ -421,22 +474,14 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._poll_catalog(5000, 0.2)
-            if self._catalog_caught_up():
+            if self.catalog_feed.caught_up():
                 break
         else:
             log.warning("catalog not fully loaded after %.0f s; continuing", timeout_s)
         return self.recommender.catalog.size
 
-    def _catalog_caught_up(self) -> bool:
-        for partition in self.catalog.assignment():
-            _, high = self.catalog.get_watermark_offsets(partition, timeout=5)
-            position = self.catalog.position([partition])[0].offset
-            if high > 0 and position < high:
-                return False
-        return True
-
     def _poll_catalog(self, limit: int, timeout_s: float) -> None:
-        for message in self.catalog.consume(limit, timeout_s):
+        for message in self.catalog_feed.consume(limit, timeout_s):
             error = message.error()
             if error is not None:
                 self._on_kafka_error(error)
@@ -476,7 +521,7 @@ class Worker:
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("commit failed: %s", error)
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         """Catch up on the model topic first: the partitions' previous owners published
         their last deltas before committing, and those say which events the shared
         models already hold."""
@@ -485,15 +530,15 @@ class Worker:
         if self.sync is not None and partitions:
             self.sync.catch_up(self.settings.outage_timeout_s)
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         """Short and bounded: flush outputs, store what is acknowledged, commit."""
         log.info("revoked %s", _describe(partitions))
-        self.producer.flush(10)
+        self._flush(10)
         self.tracker.advance()
         self._commit()
         self.metrics.clear_lag()
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         """Lost, not revoked: someone else may own them already, so commit nothing."""
         log.warning("lost %s", _describe(partitions))
         self.tracker.forget({(p.topic, p.partition) for p in partitions})
@@ -546,7 +591,7 @@ class Worker:
 
     def _idle(self, seconds: float) -> None:
         """Wait while serving the group; a message fetched meanwhile is sought back."""
-        self.producer.poll(0)
+        self._serve_deliveries()
         message = self.consumer.poll(seconds)
         if message is not None and message.error() is None:
             self.consumer.seek(TopicPartition(*_coordinates(message)))
@@ -586,7 +631,7 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _coordinates(message: Message) -> tuple[str, int, int]:
+def _coordinates(message: Incoming) -> tuple[str, int, int]:
     """Topic, partition and offset of a consumed message (always set for those)."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Message
-
 from worker.decode import DeadLetter
+from worker.transport.ports import Incoming
 
 __all__ = ["HEADER_PREFIX", "dead_letter_headers"]
 
@@ -12,7 +11,7 @@ HEADER_PREFIX = "tailor.dlq."
 
 
 def dead_letter_headers(
-    letter: DeadLetter, message: Message
+    letter: DeadLetter, message: Incoming
 ) -> list[tuple[str, str | bytes | None]]:
     """Original headers first, then reason, field, detail and the source coordinates."""
     original = message.headers() or []

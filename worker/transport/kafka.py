@@ -11,13 +11,21 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from worker.config import ENV_PREFIX, Settings
 
 __all__ = [
+    "KafkaCatalogFeed",
     "KafkaUnavailable",
     "check_kafka",
     "client_config",
@@ -118,6 +126,31 @@ def assign_whole_topic(consumer: Consumer, topic: str, timeout_s: float = 10.0) 
     partitions = [TopicPartition(topic, p, -2) for p in metadata.partitions]  # -2 = beginning
     consumer.assign(partitions)
     return len(partitions)
+
+
+class KafkaCatalogFeed:
+    """The catalog topic read whole (a :class:`~worker.transport.ports.CatalogFeed`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.catalog_topic
+        self.consumer = make_catalog_consumer(settings)
+
+    def assign(self) -> int:
+        return assign_whole_topic(self.consumer, self.topic)
+
+    def consume(self, limit: int, timeout_s: float) -> list[Message]:
+        return self.consumer.consume(limit, timeout_s)
+
+    def caught_up(self) -> bool:
+        for partition in self.consumer.assignment():
+            _, high = self.consumer.get_watermark_offsets(partition, timeout=5)
+            position = self.consumer.position([partition])[0].offset
+            if high > 0 and position < high:
+                return False
+        return True
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def make_producer(settings: Settings, **callbacks: Callable[..., None]) -> Producer:
