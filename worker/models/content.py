@@ -49,6 +49,7 @@ class ContentNeighbours:
         self.m = neighbours
         self._tokens: dict[int, list[str]] = {}
         self._matrix: sparse.csr_matrix | None = None
+        self._transposed: sparse.csr_matrix | None = None  # kept: converting costs a product
         self._changed = 0
         self.neighbour: npt.NDArray[np.int32] = np.full((0, neighbours), _UNKNOWN, dtype=np.int32)
         self.similarity: npt.NDArray[np.float32] = np.zeros((0, neighbours), dtype=np.float32)
@@ -85,6 +86,7 @@ class ContentNeighbours:
         if self._matrix is not None and self._changed < needed:
             return
         self._matrix = _tfidf(self._tokens.items(), max(self._tokens, default=-1) + 1)
+        self._transposed = self._matrix.T.tocsr()
         self._changed = 0
         rows = self._matrix.shape[0]
         self.neighbour = grow_rows(self.neighbour[:0], rows, fill=_UNKNOWN)
@@ -93,7 +95,7 @@ class ContentNeighbours:
     def _compute(self, rows: IntArray) -> None:
         """Top-M neighbours of ``rows`` in one sparse product, then a small loop per row."""
         assert self._matrix is not None
-        products = (self._matrix[rows] @ self._matrix.T).tocsr()
+        products = (self._matrix[rows] @ self._transposed).tocsr()
         self.neighbour[rows] = -1
         self.similarity[rows] = 0.0
         for slot, row in enumerate(rows.tolist()):
