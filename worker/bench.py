@@ -273,10 +273,14 @@ def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json
     with _progress(console, options.progress) as progress:
         task = progress.add_task("catalog", total=options.workload.items)
         started = time.perf_counter()
+        chunk: list[tuple[str, CatalogItem | None]] = []
         for count, body in enumerate(stream.catalog(), 1):
-            recommender.apply_catalog(body["item_id"], CatalogItem.model_validate(body))
-            if count % 1000 == 0:
+            chunk.append((body["item_id"], CatalogItem.model_validate(body)))
+            if count % 5000 == 0:  # as the worker applies what one catalog poll brings
+                recommender.apply_catalog_many(chunk)
+                chunk = []
                 progress.update(task, completed=count)
+        recommender.apply_catalog_many(chunk)
         catalog_s = time.perf_counter() - started
         progress.update(task, completed=options.workload.items)
 

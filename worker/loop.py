@@ -23,6 +23,7 @@ import redis
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.config import Settings
+from worker.contract import CatalogItem
 from worker.decode import DeadLetter, Decoded, RecentEventIds, decode_catalog_item, decode_event
 from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
@@ -481,6 +482,8 @@ class Worker:
         return self.recommender.catalog.size
 
     def _poll_catalog(self, limit: int, timeout_s: float) -> None:
+        """Apply what the catalog topic brought, in its order and in one call."""
+        changes: list[tuple[str, CatalogItem | None]] = []
         for message in self.catalog_feed.consume(limit, timeout_s):
             error = message.error()
             if error is not None:
@@ -490,7 +493,7 @@ class Worker:
             value = message.value()
             if value is None:
                 if key:
-                    self.recommender.apply_catalog(key.decode("utf-8", "replace"), None)
+                    changes.append((key.decode("utf-8", "replace"), None))
                 continue
             item = decode_catalog_item(
                 value,
@@ -500,7 +503,9 @@ class Worker:
             if isinstance(item, DeadLetter):
                 self._dead_letter(None, item, message)
                 continue
-            self.recommender.apply_catalog(item.item_id, item)
+            changes.append((item.item_id, item))
+        if changes:
+            self.recommender.apply_catalog_many(changes)
         self.metrics.catalog_items.set(self.recommender.catalog.size)
 
     # -- offsets and rebalances -------------------------------------------------------

@@ -133,8 +133,7 @@ class TailorModel:
                 sync.restore()
             else:  # workers start together: nothing to catch up
                 sync.position = self.log.first + len(self.log.records)
-        for item_id, item in self.catalog.items():
-            recommender.apply_catalog(item_id, item)
+        recommender.apply_catalog_many(list(self.catalog.items()))
         if sync is not None and restore:
             sync.catch_up(timeout_s=float("inf"))
         return _Worker(recommender, sync)

@@ -6,22 +6,22 @@ vectors), the business filters (unavailable, deny-listed categories) and the rea
 
 from __future__ import annotations
 
-import functools
-import re
-import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from scipy import sparse
 
 from worker.contract import CatalogItem
 from worker.models.arrays import grow_rows
+from worker.models.hashing import hashed_normal
 
-__all__ = ["Catalog", "content_vector"]
+__all__ = ["Catalog", "content_vectors"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 
-_WORD = re.compile(r"[a-z0-9]{3,}")
+_TOKEN_SEED = 0x70C5  # catalog words' directions: fixed, not a setting (checkpoints hold them)
 _NO_CATEGORY = -1
 
 
@@ -92,34 +92,39 @@ class Catalog:
         self.category = grow_rows(self.category, rows, fill=_NO_CATEGORY)
 
 
-def content_vector(item: CatalogItem, dim: int) -> FloatArray | None:
-    """A unit vector from category, tags and title words (hashed random projection).
+def content_vectors(
+    words: Sequence[Sequence[str]], embeddings: Sequence[list[float] | None], dim: int
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Unit vectors from items' words and embeddings (hashed random projection).
 
     Items that share words land near each other, which is what gives a brand-new item
-    sensible taste neighbours before anybody has touched it.
+    sensible taste neighbours before anybody has touched it. Computed for many items at
+    once (a catalog load is 100k upserts): one sparse product of item-by-word weights
+    (categories count double) with the words' fixed random directions. ``words`` are
+    :func:`~worker.models.content.item_words`, repeats counted. Returns
+    ``[len(words), dim]`` float32 rows and which of them exist (an item without any word
+    or embedding has no direction).
     """
-    tokens = [f"c:{name.lower()}" for name in item.category]
-    tokens += [f"t:{tag.lower()}" for tag in item.tags]
-    tokens += [f"w:{word}" for word in _WORD.findall(item.title.lower())]
-    vector = np.zeros(dim, dtype=np.float64)
-    for token in tokens:
-        weight = 2.0 if token.startswith("c:") else 1.0
-        vector += weight * _token_vector(token, dim)
-    if item.embedding:
-        embedding = np.asarray(item.embedding, dtype=np.float64)
-        projection = np.random.default_rng(len(embedding)).standard_normal((embedding.size, dim))
-        vector += 3.0 * (embedding @ projection) / max(float(np.linalg.norm(embedding)), 1e-9)
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0:
-        return None
-    unit: FloatArray = (vector / norm).astype(np.float32)
-    return unit
-
-
-@functools.lru_cache(maxsize=200_000)
-def _token_vector(token: str, dim: int) -> npt.NDArray[np.float64]:
-    """A fixed random direction per token (cached: catalogs repeat their words)."""
-    seed = zlib.crc32(token.encode("utf-8"))
-    vector: npt.NDArray[np.float64] = np.random.default_rng(seed).standard_normal(dim)
-    vector /= np.sqrt(dim)
-    return vector
+    rows: list[int] = []
+    columns: list[int] = []
+    weights: list[float] = []
+    vocabulary: dict[str, int] = {}
+    for slot, tokens in enumerate(words):
+        for token in tokens:
+            rows.append(slot)
+            columns.append(vocabulary.setdefault(token, len(vocabulary)))
+            weights.append(2.0 if token.startswith("c:") else 1.0)
+    vectors = np.zeros((len(words), dim), dtype=np.float64)
+    if vocabulary:
+        directions = hashed_normal(list(vocabulary), dim, _TOKEN_SEED) / np.sqrt(dim)
+        counts = sparse.csr_matrix((weights, (rows, columns)), shape=(len(words), len(vocabulary)))
+        vectors += counts @ directions
+    for slot, embedding in enumerate(embeddings):
+        if embedding:
+            values = np.asarray(embedding, dtype=np.float64)
+            projection = np.random.default_rng(values.size).standard_normal((values.size, dim))
+            vectors[slot] += 3.0 * (values @ projection) / max(float(np.linalg.norm(values)), 1e-9)
+    norms = np.linalg.norm(vectors, axis=1)
+    valid = norms > 0.0
+    vectors[valid] /= norms[valid, None]
+    return vectors.astype(np.float32), valid

@@ -24,7 +24,7 @@ from scipy import sparse
 from worker.contract import CatalogItem
 from worker.models.arrays import grow_rows
 
-__all__ = ["ContentNeighbours", "content_tokens"]
+__all__ = ["ContentNeighbours", "content_tokens", "item_words"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -36,12 +36,17 @@ _REBUILD_MIN = 100
 _MIN_SIMILARITY = 0.2
 
 
-def content_tokens(item: CatalogItem) -> list[str]:
-    """The words an item is known by: category path, tags and title words."""
+def item_words(item: CatalogItem) -> list[str]:
+    """The words an item is known by, repeats kept: category path, tags, title words."""
     tokens = [f"c:{name.lower()}" for name in item.category]
     tokens += [f"t:{tag.lower()}" for tag in item.tags]
     tokens += [f"w:{word}" for word in _WORD.findall(item.title.lower())]
-    return list(dict.fromkeys(tokens))
+    return tokens
+
+
+def content_tokens(item: CatalogItem) -> list[str]:
+    """The distinct words of an item (TF-IDF counts each once)."""
+    return list(dict.fromkeys(item_words(item)))
 
 
 class ContentNeighbours:

@@ -11,7 +11,6 @@ One micro-batch is one vectorised update (``np.add.at``), not a Python loop over
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Sequence
 
@@ -19,8 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.models.arrays import grow_rows
+from worker.models.hashing import hashed_normal
 
-__all__ = ["TasteModel", "hashed_normal"]
+__all__ = ["TasteModel"]
 
 F32 = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -30,7 +30,6 @@ _INIT_SCALE = 1.0  # unit-scale starts: skip-gram steps move vectors in proporti
 _USER_START_SCALE = 0.01  # a new user's vector: next to nothing, their first event dominates
 _USER_STARTS = 8192
 _MAX_NORM = 8.0  # item vectors start near length 1; see TasteModel._bound
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 class TasteModel:
@@ -192,33 +191,3 @@ class TasteModel:
             return np.zeros(0)
         self.ensure(int(rows.max()) + 1)
         return (self.vectors[rows] @ user).astype(np.float64)
-
-
-def hashed_normal(keys: Sequence[str], dim: int, seed: int) -> npt.NDArray[np.float64]:
-    """``[len(keys), dim]`` standard normal draws that depend only on each key and the seed.
-
-    A counter-based generator (SplitMix64 over hash(key) and the coordinate, then
-    Box-Muller): vectorised, so 100k items cost milliseconds rather than a seeded
-    generator each.
-    """
-    hashes = np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-            for key in keys
-        ),
-        dtype=np.uint64,
-        count=len(keys),
-    )
-    with np.errstate(over="ignore"):
-        state = hashes[:, None] ^ (
-            (np.arange(dim, dtype=np.uint64)[None, :] + np.uint64(seed % 2**32) * np.uint64(dim))
-            * _GOLDEN
-        )
-        state = state + _GOLDEN
-        state = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        state = (state ^ (state >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        state = state ^ (state >> np.uint64(31))
-    high = ((state >> np.uint64(32)).astype(np.float64) + 0.5) / 2.0**32
-    low = ((state & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) / 2.0**32
-    normal: npt.NDArray[np.float64] = np.sqrt(-2.0 * np.log(high)) * np.cos(2.0 * np.pi * low)
-    return normal

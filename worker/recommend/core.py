@@ -30,8 +30,8 @@ import orjson
 from worker import __version__
 from worker.config import Settings
 from worker.contract import CatalogItem, Event, EventType
-from worker.models.catalog import Catalog, content_vector
-from worker.models.content import ContentNeighbours, content_tokens
+from worker.models.catalog import Catalog, content_vectors
+from worker.models.content import ContentNeighbours, item_words
 from worker.models.covisitation import CoVisitation
 from worker.models.delta import DeltaBuilder, ModelDelta
 from worker.models.index import ItemIndex
@@ -216,19 +216,35 @@ class Recommender:
 
     def apply_catalog(self, item_id: str, item: CatalogItem | None) -> None:
         """An upsert from the catalog topic, or a tombstone (``item`` None) deleting it."""
-        row = self.index.row(item_id)
-        if row < 0:
+        self.apply_catalog_many([(item_id, item)])
+
+    def apply_catalog_many(self, changes: Sequence[tuple[str, CatalogItem | None]]) -> None:
+        """Upserts and tombstones in topic order, content vectors computed in one go."""
+        content_on = self.settings.part_on("content")
+        rows: list[int] = []
+        words: list[list[str]] = []
+        embeddings: list[list[float] | None] = []
+        for item_id, item in changes:
+            row = self.index.row(item_id)
+            if row < 0:
+                continue
+            if item is None:
+                self.catalog.delete(row)
+                self.content.delete(row)
+                continue
+            self.catalog.upsert(row, item)
+            if content_on:
+                tokens = item_words(item)
+                self.content.upsert(row, list(dict.fromkeys(tokens)))
+                rows.append(row)
+                words.append(tokens)
+                embeddings.append(item.embedding)
+        if not rows:
             return
-        if item is None:
-            self.catalog.delete(row)
-            self.content.delete(row)
-            return
-        self.catalog.upsert(row, item)
-        if self.settings.part_on("content"):
-            self.content.upsert(row, content_tokens(item))
-        vector = content_vector(item, self.settings.vector_dim)
-        if vector is not None and self.settings.part_on("content"):
-            self.taste.set_content(row, vector)
+        vectors, valid = content_vectors(words, embeddings, self.settings.vector_dim)
+        for slot, row in enumerate(rows):
+            if valid[slot]:
+                self.taste.set_content(row, vectors[slot])
 
     # -- one micro-batch ------------------------------------------------------------------
 
