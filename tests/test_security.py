@@ -31,7 +31,8 @@ from tests.servers import KafkaServer, RedisServer
 from worker.config import Settings
 from worker.loop import Worker
 from worker.metrics import Health, Metrics, MetricsServer
-from worker.state.store import StoreUnavailable, UserStore, connect_redis, redacted_url
+from worker.redaction import redacted_url
+from worker.state.store import StoreUnavailable, UserStore, connect_redis
 from worker.state.user import Interaction, UserState, UserWrite
 from worker.transport.kafka import (
     KafkaUnavailable,

@@ -60,6 +60,7 @@ from worker.config import ENV_PREFIX, Settings
 from worker.contract import CatalogItem, Event
 from worker.loop import freeze_startup_objects
 from worker.recommend import Envelope, Recommender
+from worker.redaction import redacted_url
 from worker.state.store import connect_redis
 from worker.state.user import UserState
 from worker.transport.kafka import client_config, create_topics, make_admin, make_producer
@@ -374,7 +375,8 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
     try:
         redis_version = str(redis_client.info("server").get("redis_version", "?"))
     except Exception as error:
-        raise BenchError(f"cannot reach Redis at {settings.redis_url}: {error}") from error
+        where = redacted_url(settings.redis_url)
+        raise BenchError(f"cannot reach Redis at {where}: {error}") from error
     try:
         create_topics(settings, partitions=options.partitions)
     except (KafkaException, RuntimeError) as error:

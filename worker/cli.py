@@ -23,6 +23,7 @@ from worker import __version__
 from worker.argtypes import positive_float, positive_int, share
 from worker.config import ConfigError, Settings, load_settings
 from worker.evaluate.command import add_evaluate_parser, evaluate
+from worker.redaction import RedactingFormatter
 
 __all__ = ["main"]
 
@@ -261,7 +262,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     from worker.loop import Worker
     from worker.metrics import Health, Metrics, MetricsServer
-    from worker.state.store import StoreUnavailable
+    from worker.state.store import StoreRefused, StoreUnavailable
     from worker.transport.delivery import DeliveryFailed
     from worker.transport.kafka import KafkaUnavailable
 
@@ -285,7 +286,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     try:
         worker.run(stop, idle_exit_s=args.exit_when_idle)
-    except (StoreUnavailable, DeliveryFailed, KafkaException) as error:
+    except (StoreUnavailable, StoreRefused, DeliveryFailed, KafkaException) as error:
         log.critical("stopping: %s; uncommitted events will be replayed on restart", error)
         return 1
     finally:
@@ -455,9 +456,7 @@ _COMMANDS = {
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("tailor.demo").setLevel(level)

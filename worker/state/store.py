@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from worker.config import ENV_PREFIX, Settings
+from worker.redaction import redacted_url
 from worker.state.user import (
     OFFSET_FIELD_PREFIX,
     UserState,
@@ -35,6 +36,7 @@ from worker.state.user import (
 __all__ = [
     "RedisCheckpoints",
     "StateStore",
+    "StoreRefused",
     "StoreUnavailable",
     "UserStore",
     "WriteOutcome",
@@ -81,6 +83,11 @@ class StateStore(Protocol):
 
 class StoreUnavailable(RuntimeError):
     """Redis could not be reached after redis-py's own retries: pause, back off, retry."""
+
+
+class StoreRefused(RuntimeError):
+    """Redis answered but refused a command (an ACL change, maxmemory reached): waiting
+    does not help, so the worker stops without committing the batch, saying why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +147,19 @@ def explain_redis_error(error: redis.RedisError, settings: Settings) -> str:
             f"check {ENV_PREFIX}REDIS_USERNAME and {ENV_PREFIX}REDIS_PASSWORD"
         )
     if isinstance(error, redis.exceptions.NoPermissionError):
-        return f"{where}: user lacks a permission Tailor needs ({error}); check its ACL rules"
+        user = settings.redis_username or urlsplit(settings.redis_url).username or "default"
+        return (
+            f"{where}: user {user!r} lacks a permission Tailor needs ({error}); check its "
+            "ACL rules (docs: README, Security)"
+        )
+    if isinstance(error, redis.exceptions.OutOfMemoryError):
+        return (
+            f"{where} is out of memory and refuses writes ({error}); raise its maxmemory or "
+            f"lower {ENV_PREFIX}USER_TTL_S, and keep maxmemory-policy noeviction (an evicted "
+            "user state loses the offsets that keep replays from applying twice)"
+        )
+    if isinstance(error, redis.ResponseError):
+        return f"{where} refused a command: {error}"
     tls = _ssl_reason(error)
     if isinstance(tls, ssl.SSLCertVerificationError):
         return (
@@ -163,16 +182,6 @@ def _ssl_reason(error: BaseException) -> ssl.SSLError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-def redacted_url(url: str) -> str:
-    """``url`` fit for a log line: a password in it is replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 class UserStore:
@@ -275,6 +284,10 @@ class UserStore:
             replies: list[Any] = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise StoreUnavailable(f"Redis unreachable: {error}") from error
+        except redis.exceptions.NoScriptError:
+            raise  # the caller loads the script and sends the chunk again
+        except redis.ResponseError as error:
+            raise StoreRefused(explain_redis_error(error, self.settings)) from error
         self.observe_round_trip(time.perf_counter() - started)
         return replies
 
