@@ -10,40 +10,60 @@ sensible; from there River moves them with every event.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from river import linear_model, optim, utils
 
-__all__ = ["FEATURES", "TREND_TIMESCALES_S", "Ranker", "pairwise_differences"]
+__all__ = [
+    "FEATURES",
+    "TREND_COLUMNS",
+    "TREND_TIMESCALES_S",
+    "Feature",
+    "Ranker",
+    "pairwise_differences",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Candidate features, in column order; "source" features say where a candidate came from.
-FEATURES: tuple[str, ...] = (
-    "covis",  # co-visitation with the user's recent items (collaborative, item-item)
-    "taste",  # user vector . item vector (collaborative + content)
-    "popularity",  # decayed global popularity
-    "segment",  # decayed popularity in the user's country/device segment
-    "content",  # shares a category with the user's recent items
-    "repeat",  # the user touched this item before (recency-weighted)
-    "evening",  # context: popularity x evening hours
-    "weekend",  # context: popularity x weekend
-    "mobile",  # context: segment popularity x mobile device
-    "similar",  # catalog text reads like one of the user's recent items (content-based)
-    "covis_share",  # covis as a share of the user's strongest: the order co-occurrence gives
-    "covis_last",  # co-visitation with the user's very latest item alone
-    *(f"trend_{name}" for name in ("1h", "1d", "7d", "30d")),  # see TREND_TIMESCALES_S
-    # Crosses with the user's own history, so one linear ranker can weigh sources
-    # differently for a newcomer and a regular, and per user where habits differ:
-    "covis_novice",  # covis_share x novice (novice = 5 / (5 + the user's events))
-    "trend_novice",  # mean of trend_* x novice
-    "taste_depth",  # taste x (1 - novice): a long history makes taste telling
-    "repeat_habit",  # repeat x the share of the user's recent events that were repeats
-    "sessions",  # similar sessions' score, as a share of the user's best (VSTAN-style kNN)
-    "sessions_rank",  # 1 / (1 + rank) in the similar-sessions order
-)
+
+class Feature(IntEnum):
+    """Candidate features: each member's value is its column in every feature array.
+
+    "Source" features say where a candidate came from; the crosses with the user's own
+    history let one linear ranker weigh sources differently for a newcomer and a regular.
+    """
+
+    COVIS = 0  # co-visitation with the user's recent items (collaborative, item-item)
+    TASTE = 1  # user vector . item vector (collaborative + content)
+    POPULARITY = 2  # decayed global popularity
+    SEGMENT = 3  # decayed popularity in the user's country/device segment
+    CONTENT = 4  # shares a category with the user's recent items
+    REPEAT = 5  # the user touched this item before (recency-weighted)
+    EVENING = 6  # context: popularity x evening hours
+    WEEKEND = 7  # context: popularity x weekend
+    MOBILE = 8  # context: segment popularity x mobile device
+    SIMILAR = 9  # catalog text reads like one of the user's recent items (content-based)
+    COVIS_SHARE = 10  # covis as a share of the user's strongest: the order co-occurrence gives
+    COVIS_LAST = 11  # co-visitation with the user's very latest item alone
+    TREND_1H = 12  # popularity relative to its own past, per half-life (TREND_TIMESCALES_S)
+    TREND_1D = 13
+    TREND_7D = 14
+    TREND_30D = 15
+    COVIS_NOVICE = 16  # covis_share x novice (novice = 5 / (5 + the user's events))
+    TREND_NOVICE = 17  # mean of trend_* x novice
+    TASTE_DEPTH = 18  # taste x (1 - novice): a long history makes taste telling
+    REPEAT_HABIT = 19  # repeat x the share of the user's recent events that were repeats
+    SESSIONS = 20  # similar sessions' score, as a share of the user's best (VSTAN-style kNN)
+    SESSIONS_RANK = 21  # 1 / (1 + rank) in the similar-sessions order
+
+
+#: The features' names in column order: River's weight keys, checkpoints, the docs.
+FEATURES: tuple[str, ...] = tuple(feature.name.lower() for feature in Feature)
+#: The columns of ``trend_*``, one per half-life of :data:`TREND_TIMESCALES_S`.
+TREND_COLUMNS = slice(Feature.TREND_1H, Feature.TREND_30D + 1)
 #: Half-lives of the relative-popularity features ``trend_*``: the ranker learns which time
 #: scale a log's interest follows (an hour on a news site, weeks for films, a season in a
 #: shop), so no half-life has to be tuned by hand.

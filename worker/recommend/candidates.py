@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from worker.config import RecommenderPart
 from worker.contract import Event, EventType
-from worker.models.ranker import FEATURES, TREND_TIMESCALES_S
+from worker.models.ranker import FEATURES, TREND_COLUMNS, TREND_TIMESCALES_S, Feature
 from worker.state.user import UserState
 
 if TYPE_CHECKING:
@@ -41,15 +41,24 @@ _CATEGORIES_PER_USER = 3
 _REPEAT_DECAY = 0.9
 _NO_ROW = -1
 _NOVICE_EVENTS = 5.0  # a user with this many events is half novice, half regular
-#: Feature columns (ranker.FEATURES order) that belong to each part: off means not used.
-_FEATURES_OF: dict[RecommenderPart, list[int]] = {
-    "covis": [0, 10, 11, 16],
-    "taste": [1, 18],
-    "trending": [2, 6, 7, 12, 13, 14, 15, 17],
-    "segment": [3, 8],
-    "content": [4, 9],
-    "repeat": [5, 19],
-    "sessions": [20, 21],
+#: The features that belong to each part: a part switched off leaves them at zero.
+_FEATURES_OF: dict[RecommenderPart, list[Feature]] = {
+    "covis": [Feature.COVIS, Feature.COVIS_SHARE, Feature.COVIS_LAST, Feature.COVIS_NOVICE],
+    "taste": [Feature.TASTE, Feature.TASTE_DEPTH],
+    "trending": [
+        Feature.POPULARITY,
+        Feature.EVENING,
+        Feature.WEEKEND,
+        Feature.TREND_1H,
+        Feature.TREND_1D,
+        Feature.TREND_7D,
+        Feature.TREND_30D,
+        Feature.TREND_NOVICE,
+    ],
+    "segment": [Feature.SEGMENT, Feature.MOBILE],
+    "content": [Feature.CONTENT, Feature.SIMILAR],
+    "repeat": [Feature.REPEAT, Feature.REPEAT_HABIT],
+    "sessions": [Feature.SESSIONS, Feature.SESSIONS_RANK],
 }
 #: Interactions that never make a session's items (what the user turned away from).
 _TURNED_AWAY = frozenset({EventType.DISLIKE.value, EventType.DISMISS.value})
@@ -215,28 +224,31 @@ def gather_candidates(
     order = np.argsort(weights.ravel()[hit], kind="stable")  # strongest written last wins
     found_anchors[position[hit][order]] = covis_anchor.ravel()[hit][order]
     covis = summed.reshape(rows.shape)
-    features[..., 0] = np.log1p(covis)
+    features[..., Feature.COVIS] = np.log1p(covis)
     strongest = covis.max(axis=1, keepdims=True)
-    features[..., 10] = covis / np.where(strongest > 0, strongest, 1.0)
-    features[..., 11] = np.log1p(covis_last).reshape(rows.shape)
+    features[..., Feature.COVIS_SHARE] = covis / np.where(strongest > 0, strongest, 1.0)
+    features[..., Feature.COVIS_LAST] = np.log1p(covis_last).reshape(rows.shape)
 
     safe_rows = np.where(valid, rows, 0)
     if vectors is not None:
         rec.taste.ensure(int(rows.max(initial=0)) + 1)
-        features[..., 1] = _cosine(rec.taste.vectors[safe_rows], vectors)
+        features[..., Feature.TASTE] = _cosine(rec.taste.vectors[safe_rows], vectors)
     popularity = rec.trending.normalised(safe_rows.ravel()).reshape(rows.shape)
-    features[..., 2] = popularity
-    features[..., 12:16] = rec.trending.relative(safe_rows.ravel()).T.reshape(
+    features[..., Feature.POPULARITY] = popularity
+    features[..., TREND_COLUMNS] = rec.trending.relative(safe_rows.ravel()).T.reshape(
         *rows.shape, len(TREND_TIMESCALES_S)
     )
     segment = np.zeros(rows.shape)
     for key, slots in members.items():
         scores = rec.trending.segment_normalised(key, safe_rows[slots].ravel())
         segment[slots] = np.maximum(segment[slots], scores.reshape(len(slots), -1))
-    features[..., 3] = segment
+    features[..., Feature.SEGMENT] = segment
     categories = rec.catalog.categories_of(safe_rows.ravel()).reshape(rows.shape)
-    features[..., 4] = (categories[:, :, None] == anchor_categories[:, None, :]).any(axis=2)
-    found_similar = _strongest_link(rows, similar, similarity, similar_anchor, features[..., 9])
+    same_category = (categories[:, :, None] == anchor_categories[:, None, :]).any(axis=2)
+    features[..., Feature.CONTENT] = same_category
+    found_similar = _strongest_link(
+        rows, similar, similarity, similar_anchor, features[..., Feature.SIMILAR]
+    )
 
     recent_user = np.repeat(np.arange(users), recent.shape[1])
     position = _find(rows, recent_user, recent.ravel())
@@ -244,19 +256,19 @@ def gather_candidates(
     repeat = np.zeros(rows.size)
     decay = np.tile(_REPEAT_DECAY ** np.arange(recent.shape[1], dtype=np.float64), users)
     np.add.at(repeat, position[hit], decay[hit])
-    features[..., 5] = repeat.reshape(rows.shape)
+    features[..., Feature.REPEAT] = repeat.reshape(rows.shape)
     _visit_features(rows, visited, visit_scores, features)
 
     evening = np.array([context.hour >= 18 for context in contexts], dtype=np.float64)
     weekend = np.array([context.weekday >= 5 for context in contexts], dtype=np.float64)
     mobile = np.array([context.device == "mobile" for context in contexts], dtype=np.float64)
-    features[..., 6] = popularity * evening[:, None]
-    features[..., 7] = popularity * weekend[:, None]
-    features[..., 8] = segment * mobile[:, None]
-    features[..., 16] = features[..., 10] * novice
-    features[..., 17] = features[..., 12:16].mean(axis=2) * novice
-    features[..., 18] = features[..., 1] * (1.0 - novice)
-    features[..., 19] = features[..., 5] * habit[:, None]
+    features[..., Feature.EVENING] = popularity * evening[:, None]
+    features[..., Feature.WEEKEND] = popularity * weekend[:, None]
+    features[..., Feature.MOBILE] = segment * mobile[:, None]
+    features[..., Feature.COVIS_NOVICE] = features[..., Feature.COVIS_SHARE] * novice
+    features[..., Feature.TREND_NOVICE] = features[..., TREND_COLUMNS].mean(axis=2) * novice
+    features[..., Feature.TASTE_DEPTH] = features[..., Feature.TASTE] * (1.0 - novice)
+    features[..., Feature.REPEAT_HABIT] = features[..., Feature.REPEAT] * habit[:, None]
     features[~valid] = 0.0
     for part, columns in _FEATURES_OF.items():
         if not settings.part_on(part):
@@ -288,8 +300,9 @@ def _visit_features(
     best = scores[:, :1]
     share = scores / np.where(best > 0, best, 1.0)
     rank = np.broadcast_to(1.0 / (1.0 + np.arange(visited.shape[1])), visited.shape)
-    features.reshape(-1, features.shape[-1])[position[hit], 20] = share.ravel()[hit]
-    features.reshape(-1, features.shape[-1])[position[hit], 21] = rank.ravel()[hit]
+    flat = features.reshape(-1, features.shape[-1])
+    flat[position[hit], Feature.SESSIONS] = share.ravel()[hit]
+    flat[position[hit], Feature.SESSIONS_RANK] = rank.ravel()[hit]
 
 
 def _cosine(items: npt.NDArray[np.float32], users: npt.NDArray[np.float32]) -> FloatArray:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.contract import EventType
+from worker.models.ranker import Feature
 from worker.recommend.candidates import CandidateBatch, UserContext
 from worker.state.user import UserState
 
 if TYPE_CHECKING:
     from worker.recommend.core import Recommender
 
-__all__ = ["Item", "finish_lists"]
+__all__ = ["Item", "Reason", "finish_lists"]
 
 Item = tuple[str, float, list[str]]
 IntArray = npt.NDArray[np.int64]
@@ -26,9 +28,48 @@ _MIN_CONTRIBUTION = 0.05
 _NEGATIVE_TYPES = frozenset({EventType.DISLIKE.value, EventType.DISMISS.value})
 _EXPLORE_DRAWS = 16
 _EXPLORE_REASON = "something new to discover"
-#: The reason code each feature column speaks through (codes fit 4 bits, see ``_pack``):
-#: popularity at any time scale says "trending now", a cross speaks as its source.
-_REASON_OF_FEATURE = np.array([*range(12), 2, 2, 2, 2, 10, 2, 1, 5, 12, 12], dtype=np.int64)
+
+
+class Reason(IntEnum):
+    """What a listed item's strongest features say about it (codes fit 4 bits: ``_pack``)."""
+
+    COVISITED = 0  # "viewed together with <the anchor>"
+    TASTE = 1  # "matches your taste in <category>"
+    TRENDING = 2  # "trending now"
+    SEGMENT = 3  # "trending in your country (<country>)"
+    CATEGORY = 4  # "more from <category>"
+    REPEAT = 5  # "you showed interest in this before"
+    SIMILAR = 6  # "similar to <the anchor>"
+    SESSIONS = 7  # "chosen in visits like yours"
+
+
+#: The reason each feature speaks through: popularity at any time scale and in any
+#: context says "trending now", a cross with the user's history speaks as its source.
+_REASON_OF: dict[Feature, Reason] = {
+    Feature.COVIS: Reason.COVISITED,
+    Feature.TASTE: Reason.TASTE,
+    Feature.POPULARITY: Reason.TRENDING,
+    Feature.SEGMENT: Reason.SEGMENT,
+    Feature.CONTENT: Reason.CATEGORY,
+    Feature.REPEAT: Reason.REPEAT,
+    Feature.EVENING: Reason.TRENDING,
+    Feature.WEEKEND: Reason.TRENDING,
+    Feature.MOBILE: Reason.SEGMENT,
+    Feature.SIMILAR: Reason.SIMILAR,
+    Feature.COVIS_SHARE: Reason.COVISITED,
+    Feature.COVIS_LAST: Reason.COVISITED,
+    Feature.TREND_1H: Reason.TRENDING,
+    Feature.TREND_1D: Reason.TRENDING,
+    Feature.TREND_7D: Reason.TRENDING,
+    Feature.TREND_30D: Reason.TRENDING,
+    Feature.COVIS_NOVICE: Reason.COVISITED,
+    Feature.TREND_NOVICE: Reason.TRENDING,
+    Feature.TASTE_DEPTH: Reason.TASTE,
+    Feature.REPEAT_HABIT: Reason.REPEAT,
+    Feature.SESSIONS: Reason.SESSIONS,
+    Feature.SESSIONS_RANK: Reason.SESSIONS,
+}
+_REASON_OF_FEATURE = np.array([_REASON_OF[feature] for feature in Feature], dtype=np.int64)
 
 
 def finish_lists(
@@ -187,10 +228,10 @@ def _reasons(
         feature = codes[:, part]
         details[:, part] = np.select(
             [
-                np.isin(feature, (0, 10, 11)),
-                np.isin(feature, (1, 4)),
-                np.isin(feature, (3, 8)),
-                feature == 9,
+                feature == Reason.COVISITED,
+                np.isin(feature, (Reason.TASTE, Reason.CATEGORY)),
+                feature == Reason.SEGMENT,
+                feature == Reason.SIMILAR,
             ],
             [anchors, categories, user_country[users], similar_to],
             0,
@@ -202,9 +243,9 @@ def _reasons(
 
 
 def _pack(codes: IntArray, details: IntArray) -> IntArray:
-    """One int64 per (feature, detail, feature, detail).
+    """One int64 per (reason, detail, reason, detail).
 
-    4 bits per feature code (-1..14) and 27 bits per detail (item rows, category or
+    4 bits per reason code (-1..14) and 27 bits per detail (item rows, category or
     country ids: ``max_items`` is at most 100M < 2**27).
     """
     keys = (codes[:, 0] + 1) << 58 | (details[:, 0] + 1) << 31 | (codes[:, 1] + 1) << 27
@@ -282,41 +323,41 @@ class _ReasonTexts:
         self.countries = countries
 
     def reasons(self, combo: list[int]) -> list[str]:
-        """Words for (feature, detail, feature, detail); -1 marks an unused feature."""
+        """Words for (reason, detail, reason, detail); -1 marks an unused reason."""
         said: list[str] = []
-        for feature, detail in ((combo[0], combo[1]), (combo[2], combo[3])):
-            if feature < 0:
+        for reason, detail in ((combo[0], combo[1]), (combo[2], combo[3])):
+            if reason < 0:
                 break
-            text = self.say(feature, detail)
+            text = self.say(reason, detail)
             if text and text not in said:
                 said.append(text)
         return said or ["popular right now"]
 
-    def say(self, feature: int, detail: int) -> str | None:
+    def say(self, reason: int, detail: int) -> str | None:
         rec = self.rec
-        if feature in (0, 10, 11):
+        if reason == Reason.COVISITED:
             if detail < 0:
                 return None
             return f"viewed together with {rec.catalog.title(detail, rec.index.item_id(detail))}"
-        if feature in (1, 4):
+        if reason in (Reason.TASTE, Reason.CATEGORY):
             category = rec.catalog.category_names[detail] if detail >= 0 else None
-            if feature == 4:
+            if reason == Reason.CATEGORY:
                 return f"more from {category}" if category else None
             return f"matches your taste in {category}" if category else "matches your taste"
-        if feature in (2, 6, 7):
+        if reason == Reason.TRENDING:
             return "trending now"
-        if feature in (3, 8):
+        if reason == Reason.SEGMENT:
             country = self.countries[detail]
             return (
                 f"trending in your country ({country})"
                 if country
                 else "popular at this time of day"
             )
-        if feature == 5:
+        if reason == Reason.REPEAT:
             return "you showed interest in this before"
-        if feature == 12:
+        if reason == Reason.SESSIONS:
             return "chosen in visits like yours"
-        if feature == 9:
+        if reason == Reason.SIMILAR:
             if detail < 0:
                 return None
             return f"similar to {rec.catalog.title(detail, rec.index.item_id(detail))}"
