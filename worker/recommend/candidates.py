@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -24,10 +24,8 @@ import numpy.typing as npt
 from worker.config import RecommenderPart
 from worker.contract import Event, EventType
 from worker.models.ranker import FEATURES, TREND_COLUMNS, TREND_TIMESCALES_S, Feature
+from worker.recommend.context import ModelContext
 from worker.state.user import UserState
-
-if TYPE_CHECKING:
-    from worker.recommend.core import Recommender
 
 __all__ = ["CandidateBatch", "Candidates", "UserContext", "gather_candidates"]
 
@@ -128,21 +126,21 @@ class CandidateBatch:
 
 
 def gather_candidates(
-    rec: Recommender,
+    models: ModelContext,
     states: Sequence[UserState],
     contexts: Sequence[UserContext],
 ) -> CandidateBatch:
     """Every user's candidates from every source, with features, in one pass."""
-    settings = rec.settings
+    settings = models.settings
     users = len(states)
-    recent, anchors, habit, visit = _recent_and_anchors(rec, states)
+    recent, anchors, habit, visit = _recent_and_anchors(models, states)
     events = np.array([state.events for state in states], dtype=np.float64)
     novice = (_NOVICE_EVENTS / (_NOVICE_EVENTS + events))[:, None]
     # A part that is off costs nothing: its candidates and features are not computed.
     taste_on, segment_on = settings.part_on("taste"), settings.part_on("segment")
     vectors = np.stack([state.vector for state in states]).astype(np.float32) if taste_on else None
 
-    neighbours, weights = rec.covis.neighbours_of(anchors.ravel())
+    neighbours, weights = models.covis.neighbours_of(anchors.ravel())
     neighbours = neighbours.reshape(users, anchors.shape[1], -1)
     weights = weights.reshape(users, anchors.shape[1], -1)
     recency = settings.covis_anchor_decay ** np.arange(anchors.shape[1], dtype=np.float64)
@@ -159,11 +157,11 @@ def gather_candidates(
     weights = weights.reshape(users, -1)
     latest = latest.reshape(users, -1)
 
-    pool = rec.trending.top()
+    pool = models.trending.top()
     per_scale = max(1, settings.trending_pool // 4)
     trending_pool = np.concatenate(
         [pool[: settings.trending_pool]]
-        + [top[:per_scale] for top in rec.trending.timescale_tops()]
+        + [top[:per_scale] for top in models.trending.timescale_tops()]
     )
     trending = np.broadcast_to(trending_pool, (users, trending_pool.size))
     members: dict[str, list[int]] = {}  # segment -> the users of this batch in it
@@ -171,25 +169,25 @@ def gather_candidates(
         for key in context.segments:
             members.setdefault(key, []).append(slot)
     segment_rows = (
-        _segment_candidates(rec, contexts, members)
+        _segment_candidates(models, contexts, members)
         if segment_on
         else np.zeros((users, 0), dtype=np.int64)
     )
     taste = (
-        _taste_search(rec, vectors, pool[: settings.taste_pool])
+        _taste_search(models, vectors, pool[: settings.taste_pool])
         if vectors is not None
         else np.zeros((users, 0), dtype=np.int64)
     )
     if settings.part_on("sessions"):
         gap = settings.covis_session_gap_s
         own = [state.session_for(state.last_seen, gap) or -1 for state in states]
-        visited, visit_scores = rec.sessions.recommend(own, visit, settings.session_candidates)
+        visited, visit_scores = models.sessions.recommend(own, visit, settings.session_candidates)
     else:
         visited = np.zeros((users, 0), dtype=np.int64)
         visit_scores = np.zeros((users, 0))
-    anchor_categories = _anchor_categories(rec, anchors)
-    category = _category_candidates(rec, anchor_categories)
-    similar, similarity = rec.content.neighbours_of(anchors.ravel())
+    anchor_categories = _anchor_categories(models, anchors)
+    category = _category_candidates(models, anchor_categories)
+    similar, similarity = models.content.neighbours_of(anchors.ravel())
     similar_anchor = np.repeat(anchors.ravel(), similar.shape[1]).reshape(users, -1)
     similarity = similarity.reshape(users, anchors.shape[1], -1)
     similarity *= recency[None, :, None]
@@ -231,19 +229,19 @@ def gather_candidates(
 
     safe_rows = np.where(valid, rows, 0)
     if vectors is not None:
-        rec.taste.ensure(int(rows.max(initial=0)) + 1)
-        features[..., Feature.TASTE] = _cosine(rec.taste.vectors[safe_rows], vectors)
-    popularity = rec.trending.normalised(safe_rows.ravel()).reshape(rows.shape)
+        models.taste.ensure(int(rows.max(initial=0)) + 1)
+        features[..., Feature.TASTE] = _cosine(models.taste.vectors[safe_rows], vectors)
+    popularity = models.trending.normalised(safe_rows.ravel()).reshape(rows.shape)
     features[..., Feature.POPULARITY] = popularity
-    features[..., TREND_COLUMNS] = rec.trending.relative(safe_rows.ravel()).T.reshape(
+    features[..., TREND_COLUMNS] = models.trending.relative(safe_rows.ravel()).T.reshape(
         *rows.shape, len(TREND_TIMESCALES_S)
     )
     segment = np.zeros(rows.shape)
     for key, slots in members.items():
-        scores = rec.trending.segment_normalised(key, safe_rows[slots].ravel())
+        scores = models.trending.segment_normalised(key, safe_rows[slots].ravel())
         segment[slots] = np.maximum(segment[slots], scores.reshape(len(slots), -1))
     features[..., Feature.SEGMENT] = segment
-    categories = rec.catalog.categories_of(safe_rows.ravel()).reshape(rows.shape)
+    categories = models.catalog.categories_of(safe_rows.ravel()).reshape(rows.shape)
     same_category = (categories[:, :, None] == anchor_categories[:, None, :]).any(axis=2)
     features[..., Feature.CONTENT] = same_category
     found_similar = _strongest_link(
@@ -355,20 +353,20 @@ def _compact(rows: IntArray) -> tuple[IntArray, BoolArray]:
 
 
 def _recent_and_anchors(
-    rec: Recommender, states: Sequence[UserState]
+    models: ModelContext, states: Sequence[UserState]
 ) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
     """Recent rows newest first, the first few distinct ones as co-visitation anchors,
     each user's repeat habit (the share of their recent events that re-touched an item:
     retail customers reorder, film watchers do not; some people do both), and the current
     session's distinct rows, newest first (what finds similar sessions)."""
-    settings = rec.settings
+    settings = models.settings
     width = max(1, settings.recent_window)
     reach = settings.covis_recent
     recent = np.full((len(states), width), _NO_ROW, dtype=np.int64)
     anchors = np.full((len(states), reach), _NO_ROW, dtype=np.int64)
     visit = np.full((len(states), settings.session_current_items), _NO_ROW, dtype=np.int64)
     habit = np.zeros(len(states))
-    lookup = rec.index.lookup
+    lookup = models.index.lookup
     for slot, state in enumerate(states):
         session = _current_session(state, settings.covis_session_gap_s, lookup)
         session = session[: settings.session_current_items]
@@ -397,12 +395,12 @@ def _current_session(state: UserState, gap_s: float, lookup: Callable[[str], int
 
 
 def _segment_candidates(
-    rec: Recommender, contexts: Sequence[UserContext], keys: Iterable[str]
+    models: ModelContext, contexts: Sequence[UserContext], keys: Iterable[str]
 ) -> IntArray:
     """Each user's two most telling segment trending lists side by side."""
-    width = rec.settings.trending_pool
+    width = models.settings.trending_pool
     out = np.full((len(contexts), 2 * width), _NO_ROW, dtype=np.int64)
-    tops = {key: rec.trending.segment_top(key)[0][:width] for key in keys}
+    tops = {key: models.trending.segment_top(key)[0][:width] for key in keys}
     for slot, context in enumerate(contexts):
         for part, key in enumerate(context.segments[:2]):
             top = tops[key]
@@ -410,21 +408,23 @@ def _segment_candidates(
     return out
 
 
-def _taste_search(rec: Recommender, vectors: npt.NDArray[np.float32], pool: IntArray) -> IntArray:
+def _taste_search(
+    models: ModelContext, vectors: npt.NDArray[np.float32], pool: IntArray
+) -> IntArray:
     """Nearest items to each user's vector among the popular pool (one matrix product)."""
     users = vectors.shape[0]
     if pool.size == 0:
         return np.zeros((users, 0), dtype=np.int64)
-    rec.taste.ensure(int(pool.max()) + 1)
-    scores = vectors @ rec.taste.vectors[pool].T
+    models.taste.ensure(int(pool.max()) + 1)
+    scores = vectors @ models.taste.vectors[pool].T
     n = min(_TASTE_CANDIDATES, pool.size)
     best = np.argpartition(-scores, n - 1, axis=1)[:, :n]
     return pool[best]
 
 
-def _anchor_categories(rec: Recommender, anchors: IntArray) -> IntArray:
+def _anchor_categories(models: ModelContext, anchors: IntArray) -> IntArray:
     """Up to three categories of each user's anchors; -2 pads (never a category id)."""
-    found = rec.catalog.categories_of(np.where(anchors >= 0, anchors, 0).ravel())
+    found = models.catalog.categories_of(np.where(anchors >= 0, anchors, 0).ravel())
     found = np.where(anchors.ravel() >= 0, found, -1).reshape(anchors.shape)
     out = np.full((anchors.shape[0], _CATEGORIES_PER_USER), -2, dtype=np.int64)
     per_user = cast(list[list[int]], found.tolist())
@@ -434,7 +434,7 @@ def _anchor_categories(rec: Recommender, anchors: IntArray) -> IntArray:
     return out
 
 
-def _category_candidates(rec: Recommender, categories: IntArray) -> IntArray:
+def _category_candidates(models: ModelContext, categories: IntArray) -> IntArray:
     """The most popular items of each user's recent categories."""
     width = _CATEGORY_CANDIDATES
     out = np.full((categories.shape[0], categories.shape[1] * width), _NO_ROW, dtype=np.int64)
@@ -445,7 +445,7 @@ def _category_candidates(rec: Recommender, categories: IntArray) -> IntArray:
                 continue
             top = tops.get(category)
             if top is None:
-                top = tops[category] = rec.category_top(category, width)
+                top = tops[category] = models.category_top(category, width)
             out[slot, part * width : part * width + top.size] = top
     return out
 

@@ -40,6 +40,7 @@ from worker.models.sessions import SessionNeighbours, session_token
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
 from worker.recommend.candidates import Candidates, UserContext, gather_candidates
+from worker.recommend.context import ModelContext
 from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
 from worker.state.user import Interaction, UserState, UserWrite
@@ -202,7 +203,7 @@ class Recommender:
             settings.ranker_learning_rate, settings.ranker_l2, settings.ranker_optimizer
         )
         self.rng = np.random.default_rng(settings.seed)  # reseeded by a checkpoint restore
-        self.deny_categories = set(settings.deny_categories)
+        self.deny_categories = frozenset(settings.deny_categories)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
         self._category_cache_version = -_CATEGORY_CACHE_REFRESHES
@@ -550,7 +551,7 @@ class Recommender:
                 missing.append(user)
         if missing:
             contexts = [UserContext.of(user.fresh[0].event) for user in missing]
-            batch = gather_candidates(self, [user.state for user in missing], contexts)
+            batch = gather_candidates(self._context(), [user.state for user in missing], contexts)
             for slot, user in enumerate(missing):
                 self._remember_shown(user.state.user_id, batch.user(slot))
         for user, chosen in lessons:
@@ -573,12 +574,30 @@ class Recommender:
         """Each user's top-K as (item id, score, reasons), best first, in one batch."""
         if not states:
             return []
-        batch = gather_candidates(self, states, contexts)
+        models = self._context()
+        batch = gather_candidates(models, states, contexts)
         scores = self.ranker.score(batch.features)
         remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
         for state, candidates in zip(states, remembered, strict=True):
             self._remember_shown(state.user_id, candidates)
-        return finish_lists(self, states, contexts, batch, scores)
+        return finish_lists(models, states, contexts, batch, scores)
+
+    def _context(self) -> ModelContext:
+        """The models as candidate gathering and list assembly see them, for one batch."""
+        return ModelContext(
+            settings=self.settings,
+            index=self.index,
+            catalog=self.catalog,
+            trending=self.trending,
+            covis=self.covis,
+            content=self.content,
+            sessions=self.sessions,
+            taste=self.taste,
+            ranker=self.ranker,
+            rng=self.rng,
+            deny_categories=self.deny_categories,
+            category_top=self.category_top,
+        )
 
     def category_top(self, category: int, n: int) -> IntArray:
         """The ``n`` most popular items of a category, recomputed every few trending refreshes."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -13,10 +12,8 @@ import numpy.typing as npt
 from worker.contract import EventType
 from worker.models.ranker import Feature
 from worker.recommend.candidates import CandidateBatch, UserContext
+from worker.recommend.context import ModelContext
 from worker.state.user import UserState
-
-if TYPE_CHECKING:
-    from worker.recommend.core import Recommender
 
 __all__ = ["Item", "Reason", "finish_lists"]
 
@@ -73,7 +70,7 @@ _REASON_OF_FEATURE = np.array([_REASON_OF[feature] for feature in Feature], dtyp
 
 
 def finish_lists(
-    rec: Recommender,
+    models: ModelContext,
     states: Sequence[UserState],
     contexts: Sequence[UserContext],
     batch: CandidateBatch,
@@ -84,10 +81,10 @@ def finish_lists(
     Everything per candidate is numpy over the whole batch; only the final K items of
     each list are touched in Python, to build their ids and reason sentences.
     """
-    k = rec.settings.top_k
+    k = models.settings.top_k
     users = len(states)
-    scores = np.where(batch.valid & _allowed(rec, states, batch), scores, -np.inf)
-    cap = rec.settings.max_per_category
+    scores = np.where(batch.valid & _allowed(models, states, batch), scores, -np.inf)
+    cap = models.settings.max_per_category
     depth = min(scores.shape[1], k * 3 if cap else k)
     if depth == 0:
         return [[] for _ in states]
@@ -95,21 +92,21 @@ def finish_lists(
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
     top_scores = np.take_along_axis(scores, top, 1)
     top_rows = np.take_along_axis(batch.rows, top, 1)
-    share = rec.settings.explore_share if rec.settings.part_on("explore") else 0.0
-    explore = (share * k + rec.rng.random(users)).astype(np.int64)
+    share = models.settings.explore_share if models.settings.part_on("explore") else 0.0
+    explore = (share * k + models.rng.random(users)).astype(np.int64)
     room = k - explore
     if cap:
-        keep = _capped(rec, top_rows, np.isfinite(top_scores), room, cap)
+        keep = _capped(models, top_rows, np.isfinite(top_scores), room, cap)
     else:
         keep = (np.arange(depth)[None, :] < room[:, None]) & np.isfinite(top_scores)
 
-    contributions = batch.features[np.arange(users)[:, None], top] * rec.ranker.weights
+    contributions = batch.features[np.arange(users)[:, None], top] * models.ranker.weights
     strongest = np.argsort(-contributions, axis=2)[..., :2]
     strength = np.take_along_axis(contributions, strongest, 2)
     anchors = np.take_along_axis(batch.anchors, top, 1)
     similar_to = np.take_along_axis(batch.similar_to, top, 1)
     reasons = _reasons(
-        rec,
+        models,
         contexts,
         np.nonzero(keep)[0],
         top_rows[keep],
@@ -118,10 +115,10 @@ def finish_lists(
         strongest[keep],
         strength[keep],
     )
-    draws = rec.rng.integers(0, max(len(rec.index), 1), size=(users, _EXPLORE_DRAWS))
-    drawable = _recommendable(rec, draws.ravel()).reshape(draws.shape) & (len(rec.index) > 0)
+    draws = models.rng.integers(0, max(len(models.index), 1), size=(users, _EXPLORE_DRAWS))
+    drawable = _recommendable(models, draws.ravel()).reshape(draws.shape) & (len(models.index) > 0)
 
-    ids = rec.index.ids
+    ids = models.index.ids
     kept_rows = top_rows[keep].tolist()
     kept_ids = [ids[row] for row in kept_rows]
     kept_scores = top_scores[keep].tolist()
@@ -139,7 +136,7 @@ def finish_lists(
             short = int(room[slot]) - len(items)
             if short > 0:
                 listed = kept_rows[start:end]
-                items += _trending_fill(rec, contexts[slot], short, floor, taken, listed)
+                items += _trending_fill(models, contexts[slot], short, floor, taken, listed)
             for row, ok in zip(draws[slot].tolist(), drawable[slot].tolist(), strict=True):
                 if len(items) >= k:
                     break
@@ -154,7 +151,7 @@ def finish_lists(
 
 
 def _trending_fill(
-    rec: Recommender,
+    models: ModelContext,
     context: UserContext,
     needed: int,
     score: float,
@@ -169,19 +166,19 @@ def _trending_fill(
     and segment candidates are off (the default: they add nothing to warm users' lists).
     """
     filled: list[Item] = []
-    cap = rec.settings.max_per_category
-    per_category = Counter(rec.catalog.categories_of(np.array(listed, dtype=np.int64)).tolist())
-    sources = [(rec.trending.segment_top(key)[0], key) for key in context.segments]
-    sources.append((rec.trending.top(), ""))
+    cap = models.settings.max_per_category
+    per_category = Counter(models.catalog.categories_of(np.array(listed, dtype=np.int64)).tolist())
+    sources = [(models.trending.segment_top(key)[0], key) for key in context.segments]
+    sources.append((models.trending.top(), ""))
     for rows, key in sources:
-        usable = rows[_recommendable(rec, rows)] if rows.size else rows
-        categories = rec.catalog.categories_of(usable).tolist()
+        usable = rows[_recommendable(models, rows)] if rows.size else rows
+        categories = models.catalog.categories_of(usable).tolist()
         for row, category in zip(usable.tolist(), categories, strict=True):
             if row in taken or (cap and category >= 0 and per_category[category] >= cap):
                 continue
             taken.add(row)
             per_category[category] += 1
-            filled.append((rec.index.ids[row], score, [_trending_reason(key)]))
+            filled.append((models.index.ids[row], score, [_trending_reason(key)]))
             if len(filled) == needed:
                 return filled
     return filled
@@ -199,7 +196,7 @@ def _trending_reason(segment: str) -> str:
 
 
 def _reasons(
-    rec: Recommender,
+    models: ModelContext,
     contexts: Sequence[UserContext],
     users: IntArray,
     rows: IntArray,
@@ -219,7 +216,7 @@ def _reasons(
     countries = sorted({context.country or "" for context in contexts})
     country_ids = {country: n for n, country in enumerate(countries)}
     user_country = np.array([country_ids[context.country or ""] for context in contexts])
-    categories = rec.catalog.categories_of(rows)
+    categories = models.catalog.categories_of(rows)
     used = strengths >= _MIN_CONTRIBUTION
     used[:, 1] &= used[:, 0]
     codes = np.where(used, _REASON_OF_FEATURE[features], -1)
@@ -237,7 +234,7 @@ def _reasons(
             0,
         )
     distinct, which = np.unique(_pack(codes, details), return_inverse=True)
-    texts = _ReasonTexts(rec, countries)
+    texts = _ReasonTexts(models, countries)
     said = [texts.reasons(_unpack(key)) for key in distinct.tolist()]
     return [said[n] for n in which.tolist()]
 
@@ -260,10 +257,10 @@ def _unpack(key: int) -> list[int]:
 
 
 def _capped(
-    rec: Recommender, rows: IntArray, usable: npt.NDArray[np.bool_], room: IntArray, cap: int
+    models: ModelContext, rows: IntArray, usable: npt.NDArray[np.bool_], room: IntArray, cap: int
 ) -> npt.NDArray[np.bool_]:
     """Greedy per-category cap over each user's ranked rows (diversity)."""
-    categories = rec.catalog.categories_of(np.where(usable, rows, 0).ravel()).reshape(rows.shape)
+    categories = models.catalog.categories_of(np.where(usable, rows, 0).ravel()).reshape(rows.shape)
     keep = np.zeros(rows.shape, dtype=bool)
     for slot in range(rows.shape[0]):
         per_category: dict[int, int] = {}
@@ -281,15 +278,15 @@ def _capped(
 
 
 def _allowed(
-    rec: Recommender, states: Sequence[UserState], batch: CandidateBatch
+    models: ModelContext, states: Sequence[UserState], batch: CandidateBatch
 ) -> npt.NDArray[np.bool_]:
     """Drop unavailable or deleted items, deny-listed categories, disliked and just-bought."""
     safe = np.where(batch.valid, batch.rows, 0)
-    allowed = _recommendable(rec, safe.ravel()).reshape(safe.shape)
-    window = rec.settings.just_bought_window_s
+    allowed = _recommendable(models, safe.ravel()).reshape(safe.shape)
+    window = models.settings.just_bought_window_s
     users: list[int] = []
     blocked: list[int] = []
-    lookup = rec.index.lookup
+    lookup = models.index.lookup
     for slot, state in enumerate(states):
         for interaction in state.recent:
             if interaction.type in _NEGATIVE_TYPES or (
@@ -306,20 +303,20 @@ def _allowed(
     return allowed
 
 
-def _recommendable(rec: Recommender, rows: IntArray) -> npt.NDArray[np.bool_]:
+def _recommendable(models: ModelContext, rows: IntArray) -> npt.NDArray[np.bool_]:
     """Rows any user may be shown: available, not deleted, not in a deny-listed category."""
-    allowed = rec.catalog.available_mask(rows)
-    if rec.deny_categories:
-        denied = rec.catalog.category_ids(sorted(rec.deny_categories))
-        allowed &= ~np.isin(rec.catalog.categories_of(rows), denied)
+    allowed = models.catalog.available_mask(rows)
+    if models.deny_categories:
+        denied = models.catalog.category_ids(sorted(models.deny_categories))
+        allowed &= ~np.isin(models.catalog.categories_of(rows), denied)
     return allowed
 
 
 class _ReasonTexts:
     """Reason sentences, the way a user would say them."""
 
-    def __init__(self, rec: Recommender, countries: list[str]) -> None:
-        self.rec = rec
+    def __init__(self, models: ModelContext, countries: list[str]) -> None:
+        self.models = models
         self.countries = countries
 
     def reasons(self, combo: list[int]) -> list[str]:
@@ -333,14 +330,17 @@ class _ReasonTexts:
                 said.append(text)
         return said or ["popular right now"]
 
+    def _title(self, row: int) -> str:
+        return self.models.catalog.title(row, self.models.index.item_id(row))
+
     def say(self, reason: int, detail: int) -> str | None:
-        rec = self.rec
+        models = self.models
         if reason == Reason.COVISITED:
             if detail < 0:
                 return None
-            return f"viewed together with {rec.catalog.title(detail, rec.index.item_id(detail))}"
+            return f"viewed together with {self._title(detail)}"
         if reason in (Reason.TASTE, Reason.CATEGORY):
-            category = rec.catalog.category_names[detail] if detail >= 0 else None
+            category = models.catalog.category_names[detail] if detail >= 0 else None
             if reason == Reason.CATEGORY:
                 return f"more from {category}" if category else None
             return f"matches your taste in {category}" if category else "matches your taste"
@@ -360,5 +360,5 @@ class _ReasonTexts:
         if reason == Reason.SIMILAR:
             if detail < 0:
                 return None
-            return f"similar to {rec.catalog.title(detail, rec.index.item_id(detail))}"
+            return f"similar to {self._title(detail)}"
         return None
