@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,neural]"
 	touch $@
 
-install: $(BIN)/.installed  ## virtual environment with the package, its dev tools and the neural extra
+install: $(BIN)/.installed  ## virtual environment with the package and every extra (dev: tests, demo, bench, evaluate; neural)
 
 tools:  ## Debian packages the integration tests use (redis-server, kcat)
 	bash deploy/local/install-tools.sh

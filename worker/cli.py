@@ -16,13 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from rich.console import Console
-from rich.table import Table
-
 from worker import __version__
 from worker.argtypes import positive_float, positive_int, share
 from worker.config import ConfigError, Settings, load_settings
-from worker.evaluate.command import add_evaluate_parser, evaluate
+from worker.extras import EXTRAS, missing_extra
 
 __all__ = ["main"]
 
@@ -36,12 +33,19 @@ that user's refreshed top-K on the recommendations topic.
 Settings come from TAILOR_* environment variables (for example TAILOR_BOOTSTRAP_SERVERS,
 TAILOR_REDIS_URL, TAILOR_TOP_K) and an optional --config file (.toml or .yaml with the same
 names in lower case); see `tailor config` for every setting and its current value.
+
+`tailor run` needs the package alone; demo, bench and evaluate need an extra each
+(pip install 'tailor-worker[demo]', [bench], [evaluate]) and say so when it is missing.
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    needed = missing_extra(args.command)
+    if needed is not None:
+        print(needed, file=sys.stderr)
+        return 1
     try:
         settings = load_settings(args.config)
     except ConfigError as error:
@@ -127,8 +131,30 @@ def _parser() -> argparse.ArgumentParser:
         help="print the defaults as the Markdown table the README carries",
     )
     _bench_parser(commands)
-    add_evaluate_parser(commands)
+    _evaluate_parser(commands)
     return parser
+
+
+def _evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The real ``evaluate`` parser, or without its extra a stand-in that takes anything.
+
+    ``worker.evaluate.command`` imports the extra's packages, so a runtime-only install
+    cannot build its parser; the stand-in accepts whatever follows (``--help`` included:
+    no prefix character is ever an option for it) so that ``main`` can name the extra.
+    """
+    if missing_extra("evaluate") is None:
+        from worker.evaluate.command import add_evaluate_parser
+
+        add_evaluate_parser(commands)
+        return
+    stand_in = commands.add_parser(
+        "evaluate",
+        help=f"replay a log through Tailor and baselines (needs the {EXTRAS['evaluate'].name} "
+        "extra)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    stand_in.add_argument("given", nargs="*", help=argparse.SUPPRESS)
 
 
 def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -294,6 +320,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from worker.demo import DemoOptions, run_demo
 
     options = DemoOptions(spotlight_users=args.users, events_per_user=args.events, shown=args.shown)
@@ -368,22 +396,24 @@ def _forget_event(user_id: str) -> bytes | None:
 
 
 def _config(settings: Settings, args: argparse.Namespace) -> int:
+    """Plain aligned columns: operators run this in the image, which has no rich."""
     if args.markdown:
         print(settings_table_markdown())
         return 0
-    table = Table(title="Tailor settings", show_lines=False)
-    table.add_column("environment variable")
-    table.add_column("value")
-    table.add_column("meaning")
-    for name, field in type(settings).model_fields.items():
-        table.add_row(
-            f"TAILOR_{name.upper()}", str(getattr(settings, name)), field.description or ""
-        )
-    Console().print(table)
+    rows = [("environment variable", "value", "meaning")] + [
+        (f"TAILOR_{name.upper()}", str(getattr(settings, name)), field.description or "")
+        for name, field in type(settings).model_fields.items()
+    ]
+    name_width = max(len(row[0]) for row in rows)
+    value_width = min(40, max(len(row[1]) for row in rows))
+    for name, value, meaning in rows:
+        print(f"{name:<{name_width}}  {value:<{value_width}}  {meaning}".rstrip())
     return 0
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from worker.bench import (
         BenchError,
         CoreOptions,
@@ -433,6 +463,12 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.evaluate.command import evaluate
+
+    return evaluate(settings, args)
+
+
 def settings_table_markdown() -> str:
     """Every setting with its default and meaning; the README embeds this table verbatim."""
     lines = ["| environment variable | default | meaning |", "|---|---|---|"]
@@ -450,7 +486,7 @@ _COMMANDS = {
     "forget": _forget,
     "config": _config,
     "bench": _bench,
-    "evaluate": evaluate,
+    "evaluate": _evaluate,
 }
 
 
