@@ -71,7 +71,10 @@ def test_the_worker_imports_without_any_extra() -> None:
     assert done.stdout.strip() == "imported"
 
 
-@pytest.mark.parametrize("command", [["run", "--help"], ["config"], ["schemas", "--help"]])
+@pytest.mark.parametrize(
+    "command",
+    [["run", "--help"], ["topics", "create", "--help"], ["config"], ["schemas", "--help"]],
+)
 def test_runtime_commands_work_without_any_extra(command: list[str]) -> None:
     done = _tailor_without_extras(*command)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -120,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     forget.add_argument("user_id", help="the user to erase")
 
+    _topics_parser(commands)
+
     config = commands.add_parser(
         "config",
         help="print every setting with its current value (secrets masked)",
@@ -133,6 +135,41 @@ def _parser() -> argparse.ArgumentParser:
     _bench_parser(commands)
     _evaluate_parser(commands)
     return parser
+
+
+def _topics_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    topics = commands.add_parser(
+        "topics",
+        help="create Tailor's topics from the settings, or check the ones there",
+        description="The topics of the settings (TAILOR_EVENTS_TOPIC and the others): the "
+        "events and recommendations topics with TAILOR_TOPIC_PARTITIONS partitions, kept "
+        "TAILOR_TOPIC_RETENTION_S; the catalog compacted; the dead letters kept "
+        "TAILOR_DLQ_RETENTION_S; the model topic with one partition. Replicas: "
+        "TAILOR_TOPIC_REPLICATION, or the broker's default.",
+    )
+    actions = topics.add_subparsers(dest="topics", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="create the missing topics (idempotent); --check only compares",
+        description="Create every topic of the settings that is missing, then compare "
+        "each with the settings: the partitions of the events, recommendations and model "
+        "topics, and every topic's cleanup.policy. Topics that exist are never changed. "
+        "Exits 0 when every topic is there as Tailor needs it, 1 naming each topic that "
+        "is missing or differs.",
+    )
+    create.add_argument(
+        "--check",
+        action="store_true",
+        help="create nothing: only compare, and exit 1 naming every topic that is missing "
+        "or differs",
+    )
+    create.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up on reaching Kafka after this long (default 30)",
+    )
 
 
 def _evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -395,6 +432,47 @@ def _forget_event(user_id: str) -> bytes | None:
     return request.model_dump_json(exclude_none=True).encode()
 
 
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    """Create what is missing (unless ``--check``), then say how every topic stands."""
+    from confluent_kafka import KafkaException
+
+    from worker.transport.kafka import (
+        KafkaUnavailable,
+        check_kafka,
+        create_topics,
+        describe_topics,
+    )
+    from worker.transport.topics import differences, topic_specs
+
+    try:
+        check_kafka(settings, args.timeout)
+        created = [] if args.check else create_topics(settings, timeout_s=args.timeout)
+        found = describe_topics(settings, args.timeout)
+    except (KafkaUnavailable, KafkaException, RuntimeError) as error:
+        print(f"tailor topics: {error}", file=sys.stderr)
+        return 1
+    specs = topic_specs(settings)
+    width = max(len(spec.name) for spec in specs)
+    wrong = []
+    for spec in specs:
+        topic = found.get(spec.name)
+        problems = differences(spec, topic)
+        if topic is None:
+            status = "missing"
+        elif problems:
+            status = f"differs: {'; '.join(problems)}"
+        else:
+            status = f"{'created' if spec.name in created else 'ok'}: {topic.describe()}"
+        if problems:
+            wrong.append(spec.name)
+        print(f"{spec.name:<{width}}  {status}")
+    if wrong:
+        what = "missing or different" if args.check else "different (never changed here)"
+        print(f"tailor topics: {len(wrong)} topic(s) {what}: {', '.join(wrong)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _config(settings: Settings, args: argparse.Namespace) -> int:
     """Plain aligned columns: operators run this in the image, which has no rich."""
     if args.markdown:
@@ -484,6 +562,7 @@ _COMMANDS = {
     "demo": _demo,
     "schemas": _schemas,
     "forget": _forget,
+    "topics": _topics,
     "config": _config,
     "bench": _bench,
     "evaluate": _evaluate,
