@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,neural]"
 	touch $@
 
-install: $(BIN)/.installed  ## virtual environment with the package, its dev tools and the neural extra
+install: $(BIN)/.installed  ## virtual environment with the package and every extra (dev: tests, demo, bench, evaluate; neural)
 
 tools:  ## Debian packages the integration tests use (redis-server, kcat)
 	bash deploy/local/install-tools.sh
@@ -43,11 +43,12 @@ test: install tools lint typecheck  ## everything: lint, types, unit and integra
 chaos: install tools  ## fault suite: SIGKILLs, rebalances, Redis and Kafka restarts; prints the figures
 	$(BIN)/pytest tests/chaos -m chaos
 
-up: install tools  ## start a local Kafka and Redis for manual runs (see .tailor/env)
+up: install tools  ## local Kafka and Redis with Tailor's topics (tailor topics create), for manual runs
 	mkdir -p $(STATE)
 	bash deploy/local/kafka.sh start $(STATE)/kafka | sed 's/^BOOTSTRAP=/TAILOR_BOOTSTRAP_SERVERS=/' > $(STATE)/env
 	bash deploy/local/redis.sh start $(STATE)/redis | sed 's/^REDIS_URL=/TAILOR_REDIS_URL=/' >> $(STATE)/env
-	@echo "started; load the settings with:  set -a; . $(STATE)/env; set +a"
+	set -a; . ./$(STATE)/env; set +a; $(BIN)/tailor topics create
+	@echo "started; run the worker with:  set -a; . $(STATE)/env; set +a; $(BIN)/tailor run"
 	@cat $(STATE)/env
 
 down:  ## stop what `make up` started

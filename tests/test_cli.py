@@ -93,6 +93,13 @@ def test_demo_runs_without_servers_and_exits_zero() -> None:
     assert "customer c" in done.stdout
     assert "recommended now" in done.stdout
     assert "dead-lettered" in done.stdout
+    # the backlog's drain and the live events' latency apart, each on one line
+    assert "incl. backlog" not in done.stdout
+    assert re.search(r"backlog sent at once +│ [\d,]+ events in [\d.]+ s \(", done.stdout)
+    assert re.search(r"backlog: mean wait per list +│ \d+ ms \(queued", done.stdout)
+    assert re.search(
+        r"live: event sent to its list +│ median \d+ ms \(\d+-\d+ ms, 4 events\)", done.stdout
+    )
 
 
 @pytest.mark.integration

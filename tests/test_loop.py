@@ -10,12 +10,14 @@ fault suite), this shows for the loop's own logic, fast and deterministically.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError
 
 from tests.helpers import event
 from worker.config import Settings
@@ -231,3 +233,21 @@ def test_a_worker_started_after_all_stopped_restores_the_models_from_the_checkpo
     assert covisits(restarted, "lamp", "shade")
     assert restarted.recommender.totals.events == 11  # nothing counted twice, nothing lost
     restarted.close()
+
+
+def test_a_missing_topic_is_logged_with_the_command_that_makes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A first run before the topics exist: librdkafka only says the topic is not there."""
+    worker = Cluster().worker()
+    missing = KafkaError(
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        "Subscribed topic not available: tailor.events: Broker: Unknown topic or partition",
+    )
+    with caplog.at_level(logging.WARNING, logger="tailor.worker"):
+        worker._on_kafka_error(missing)
+    worker.close()
+    assert caplog.messages == [
+        "Kafka: Subscribed topic not available: tailor.events: Broker: Unknown topic or "
+        "partition; `tailor topics create` makes Tailor's topics"
+    ]

@@ -59,6 +59,20 @@ def test_metrics_endpoint_serves_the_series(served: tuple[Metrics, Health, str])
     assert "python_gc" not in body  # a private registry, not the process-global one
 
 
+def test_no_created_series_is_exported(served: tuple[Metrics, Health, str]) -> None:
+    """prometheus-client adds a ``*_created`` sample to every counter and histogram unless
+    told not to: noise that no rule or dashboard reads."""
+    metrics, _, base = served
+    metrics.consumed.labels("tailor.events").inc()
+    metrics.batch_seconds.observe(0.01)
+    _, body = _get(f"{base}/metrics")
+    samples = [line.split("{")[0].split(" ")[0] for line in body.splitlines()]
+    samples = [name for name in samples if name and not name.startswith("#")]
+    assert "tailor_events_consumed_total" in samples
+    assert "tailor_batch_processing_seconds_count" in samples
+    assert [name for name in samples if name.endswith("_created")] == []
+
+
 def test_health_and_readiness(served: tuple[Metrics, Health, str]) -> None:
     _, health, base = served
     assert _get(f"{base}/healthz") == (200, "ok\n")

@@ -16,13 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from rich.console import Console
-from rich.table import Table
-
 from worker import __version__
 from worker.argtypes import positive_float, positive_int, share
 from worker.config import ConfigError, Settings, load_settings
-from worker.evaluate.command import add_evaluate_parser, evaluate
+from worker.extras import EXTRAS, missing_extra
 from worker.redaction import RedactingFormatter
 
 __all__ = ["main"]
@@ -37,12 +34,19 @@ that user's refreshed top-K on the recommendations topic.
 Settings come from TAILOR_* environment variables (for example TAILOR_BOOTSTRAP_SERVERS,
 TAILOR_REDIS_URL, TAILOR_TOP_K) and an optional --config file (.toml or .yaml with the same
 names in lower case); see `tailor config` for every setting and its current value.
+
+`tailor run` needs the package alone; demo, bench and evaluate need an extra each
+(pip install 'tailor-worker[demo]', [bench], [evaluate]) and say so when it is missing.
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    needed = missing_extra(args.command)
+    if needed is not None:
+        print(needed, file=sys.stderr)
+        return 1
     try:
         settings = load_settings(args.config)
     except ConfigError as error:
@@ -117,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     forget.add_argument("user_id", help="the user to erase")
 
+    _topics_parser(commands)
+
     config = commands.add_parser(
         "config",
         help="print every setting with its current value (secrets masked)",
@@ -128,8 +134,65 @@ def _parser() -> argparse.ArgumentParser:
         help="print the defaults as the Markdown table the README carries",
     )
     _bench_parser(commands)
-    add_evaluate_parser(commands)
+    _evaluate_parser(commands)
     return parser
+
+
+def _topics_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    topics = commands.add_parser(
+        "topics",
+        help="create Tailor's topics from the settings, or check the ones there",
+        description="The topics of the settings (TAILOR_EVENTS_TOPIC and the others): the "
+        "events and recommendations topics with TAILOR_TOPIC_PARTITIONS partitions, kept "
+        "TAILOR_TOPIC_RETENTION_S; the catalog compacted; the dead letters kept "
+        "TAILOR_DLQ_RETENTION_S; the model topic with one partition. Replicas: "
+        "TAILOR_TOPIC_REPLICATION, or the broker's default.",
+    )
+    actions = topics.add_subparsers(dest="topics", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="create the missing topics (idempotent); --check only compares",
+        description="Create every topic of the settings that is missing, then compare "
+        "each with the settings: the partitions of the events, recommendations and model "
+        "topics, and every topic's cleanup.policy. Topics that exist are never changed. "
+        "Exits 0 when every topic is there as Tailor needs it, 1 naming each topic that "
+        "is missing or differs.",
+    )
+    create.add_argument(
+        "--check",
+        action="store_true",
+        help="create nothing: only compare, and exit 1 naming every topic that is missing "
+        "or differs",
+    )
+    create.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up on reaching Kafka after this long (default 30)",
+    )
+
+
+def _evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The real ``evaluate`` parser, or without its extra a stand-in that takes anything.
+
+    ``worker.evaluate.command`` imports the extra's packages, so a runtime-only install
+    cannot build its parser; the stand-in accepts whatever follows (``--help`` included:
+    no prefix character is ever an option for it) so that ``main`` can name the extra.
+    """
+    if missing_extra("evaluate") is None:
+        from worker.evaluate.command import add_evaluate_parser
+
+        add_evaluate_parser(commands)
+        return
+    stand_in = commands.add_parser(
+        "evaluate",
+        help=f"replay a log through Tailor and baselines (needs the {EXTRAS['evaluate'].name} "
+        "extra)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    stand_in.add_argument("given", nargs="*", help=argparse.SUPPRESS)
 
 
 def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -295,6 +358,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from worker.demo import DemoOptions, run_demo
 
     options = DemoOptions(spotlight_users=args.users, events_per_user=args.events, shown=args.shown)
@@ -368,23 +433,66 @@ def _forget_event(user_id: str) -> bytes | None:
     return request.model_dump_json(exclude_none=True).encode()
 
 
+def _topics(settings: Settings, args: argparse.Namespace) -> int:
+    """Create what is missing (unless ``--check``), then say how every topic stands."""
+    from confluent_kafka import KafkaException
+
+    from worker.transport.kafka import (
+        KafkaUnavailable,
+        check_kafka,
+        create_topics,
+        describe_topics,
+    )
+    from worker.transport.topics import differences, topic_specs
+
+    try:
+        check_kafka(settings, args.timeout)
+        created = [] if args.check else create_topics(settings, timeout_s=args.timeout)
+        found = describe_topics(settings, args.timeout)
+    except (KafkaUnavailable, KafkaException, RuntimeError) as error:
+        print(f"tailor topics: {error}", file=sys.stderr)
+        return 1
+    specs = topic_specs(settings)
+    width = max(len(spec.name) for spec in specs)
+    wrong = []
+    for spec in specs:
+        topic = found.get(spec.name)
+        problems = differences(spec, topic)
+        if topic is None:
+            status = "missing"
+        elif problems:
+            status = f"differs: {'; '.join(problems)}"
+        else:
+            status = f"{'created' if spec.name in created else 'ok'}: {topic.describe()}"
+        if problems:
+            wrong.append(spec.name)
+        print(f"{spec.name:<{width}}  {status}")
+    if wrong:
+        what = "missing or different" if args.check else "different (never changed here)"
+        print(f"tailor topics: {len(wrong)} topic(s) {what}: {', '.join(wrong)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _config(settings: Settings, args: argparse.Namespace) -> int:
+    """Plain aligned columns: operators run this in the image, which has no rich."""
     if args.markdown:
         print(settings_table_markdown())
         return 0
-    table = Table(title="Tailor settings", show_lines=False)
-    table.add_column("environment variable")
-    table.add_column("value")
-    table.add_column("meaning")
-    for name, field in type(settings).model_fields.items():
-        table.add_row(
-            f"TAILOR_{name.upper()}", str(getattr(settings, name)), field.description or ""
-        )
-    Console().print(table)
+    rows = [("environment variable", "value", "meaning")] + [
+        (f"TAILOR_{name.upper()}", str(getattr(settings, name)), field.description or "")
+        for name, field in type(settings).model_fields.items()
+    ]
+    name_width = max(len(row[0]) for row in rows)
+    value_width = min(40, max(len(row[1]) for row in rows))
+    for name, value, meaning in rows:
+        print(f"{name:<{name_width}}  {value:<{value_width}}  {meaning}".rstrip())
     return 0
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from worker.bench import (
         BenchError,
         CoreOptions,
@@ -434,6 +542,12 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.evaluate.command import evaluate
+
+    return evaluate(settings, args)
+
+
 def settings_table_markdown() -> str:
     """Every setting with its default and meaning; the README embeds this table verbatim."""
     lines = ["| environment variable | default | meaning |", "|---|---|---|"]
@@ -449,9 +563,10 @@ _COMMANDS = {
     "demo": _demo,
     "schemas": _schemas,
     "forget": _forget,
+    "topics": _topics,
     "config": _config,
     "bench": _bench,
-    "evaluate": evaluate,
+    "evaluate": _evaluate,
 }
 
 

@@ -90,6 +90,32 @@ class Settings(BaseSettings):
         default_factory=dict, description="extra librdkafka settings passed through as they are"
     )
 
+    # Topics: what `tailor topics create` makes and `--check` compares (the worker itself
+    # creates none but the model topic, and only when it is missing)
+    topic_partitions: int = Field(
+        6,
+        ge=1,
+        le=10_000,
+        description="partitions of the events and recommendations topics: the most workers "
+        "that can share the load",
+    )
+    topic_replication: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="replicas of each topic created (unset: the broker's "
+        "default.replication.factor)",
+    )
+    topic_retention_s: int = Field(
+        7 * 86_400,
+        ge=3600,
+        description="how long the events and recommendations topics keep messages (the "
+        "replay horizon)",
+    )
+    dlq_retention_s: int = Field(
+        14 * 86_400, ge=3600, description="how long dead letters are kept for inspection"
+    )
+
     # Micro-batching and delivery
     batch_size: int = Field(500, ge=1, le=100_000, description="max events per micro-batch")
     batch_wait_ms: int = Field(5, ge=0, le=10_000, description="max wait to fill a batch")

@@ -4,11 +4,17 @@ librdkafka's built-in mock cluster stands in for Kafka and fakeredis for Redis; 
 else is the code ``tailor run`` uses. The demo plays the bundled sample stream (a slice of
 UCI Online Retail) as background traffic, then replays a few customers' next purchases one
 at a time and shows how each one changed that customer's list.
+
+The two phases are timed apart: the backlog is sent all at once, so its events wait in
+the topic behind each other and their mean latency says how long the queue was; the live
+events are sent one at a time, as a shopper's clicks arrive, and their latency is what a
+shopper sees. One mean over both would read like a slow product.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections import defaultdict
@@ -28,7 +34,7 @@ from worker.metrics import Health, Metrics, MetricsServer
 from worker.sample import sample_catalog, sample_events
 from worker.transport.kafka import make_producer
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["Backlog", "DemoOptions", "latency_rows", "run_demo"]
 
 log = logging.getLogger("tailor.demo")
 
@@ -87,14 +93,20 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> int:
     thread.start()
 
     lists = _ListReader(settings)
+    backlog: Backlog | None = None
+    live_ms: list[float] = []
     try:
         console.print(f"playing {len(background):,} background purchases from the sample ...")
+        started = time.perf_counter()
         for event in background:
             _send(producer, settings, event)
         producer.produce(settings.events_topic, key=b"demo", value=b'{"event_id": "broken"')
         producer.flush(10)
         _wait_for(lambda: worker.stats.consumed >= len(background) + 1, options.timeout_s)
+        drained_s = time.perf_counter() - started
         lists.drain()
+        total_s, count = _event_to_publish(metrics)
+        backlog = Backlog(len(background), drained_s, total_s / count if count else None)
         console.print(
             f"background done: {worker.stats.processed:,} events applied, "
             f"{worker.stats.dead_lettered} malformed message sent to the DLQ "
@@ -112,6 +124,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> int:
                 sent = time.perf_counter()
                 after = lists.wait_for(user_id, str(event["event_id"]), options.timeout_s)
                 elapsed_ms = 1000 * (time.perf_counter() - sent)
+                live_ms.append(elapsed_ms)
                 _show(console, event, before, after, titles, options.shown, elapsed_ms)
                 before = after
     finally:
@@ -121,8 +134,57 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> int:
         server.stop()
         producer.close()
         owner.flush(1)
-    _summary(console, worker, metrics)
+    _summary(console, worker, latency_rows(backlog, live_ms))
     return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The background events, sent all at once before the live ones."""
+
+    events: int
+    drained_s: float  # from the first send until the worker had consumed them all
+    mean_latency_s: float | None  # the worker's event-to-publish, queueing included
+
+
+def _event_to_publish(metrics: Metrics) -> tuple[float, float]:
+    """Sum (seconds) and count of the worker's event-to-publish histogram so far."""
+    samples = next(iter(metrics.event_to_publish.collect())).samples
+    count = next(s.value for s in samples if s.name.endswith("_count"))
+    total = next(s.value for s in samples if s.name.endswith("_sum"))
+    return total, count
+
+
+def latency_rows(backlog: Backlog | None, live_ms: Sequence[float]) -> list[tuple[str, str]]:
+    """The summary's timing rows: the backlog's drain and the live events' latency apart.
+
+    Short enough for an 80-column terminal beside the summary's other rows.
+    """
+    rows = []
+    if backlog is not None:
+        rate = backlog.events / backlog.drained_s if backlog.drained_s > 0 else 0.0
+        rows.append(
+            (
+                "backlog sent at once",
+                f"{backlog.events:,} events in {backlog.drained_s:.1f} s ({rate:,.0f}/s)",
+            )
+        )
+        if backlog.mean_latency_s is not None:
+            rows.append(
+                (
+                    "backlog: mean wait per list",
+                    f"{1000 * backlog.mean_latency_s:.0f} ms (queued behind the rest)",
+                )
+            )
+    if live_ms:
+        rows.append(
+            (
+                "live: event sent to its list",
+                f"median {statistics.median(live_ms):.0f} ms "
+                f"({min(live_ms):.0f}-{max(live_ms):.0f} ms, {len(live_ms)} events)",
+            )
+        )
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +299,7 @@ def _moved(was: int, now: int) -> str:
     return f"[green]up from {was}[/green]" if was > now else f"[red]down from {was}[/red]"
 
 
-def _summary(console: Console, worker: Worker, metrics: Metrics) -> None:
+def _summary(console: Console, worker: Worker, timings: list[tuple[str, str]]) -> None:
     stats = worker.stats
     table = Table(title="What the worker did", show_header=False)
     for label, value in (
@@ -248,11 +310,6 @@ def _summary(console: Console, worker: Worker, metrics: Metrics) -> None:
         ("recommendation lists published", stats.published),
     ):
         table.add_row(label, f"{value:,}")
-    latency = next(iter(metrics.event_to_publish.collect())).samples
-    count = next(s.value for s in latency if s.name.endswith("_count"))
-    total = next(s.value for s in latency if s.name.endswith("_sum"))
-    if count:
-        table.add_row(
-            "mean event-to-publish latency (incl. backlog)", f"{1000 * total / count:.0f} ms"
-        )
+    for label, text in timings:
+        table.add_row(label, text)
     console.print(table)

@@ -608,6 +608,10 @@ class Worker:
         if error.fatal():
             log.critical("fatal Kafka error: %s", error)
             raise KafkaException(error)
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            # Repeated until the topic exists: say once per line what makes it.
+            log.warning("Kafka: %s; `tailor topics create` makes Tailor's topics", error.str())
+            return
         log.warning("Kafka: %s", error)
 
     def _on_stats(self, text: str) -> None:

@@ -19,10 +19,15 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # public, not in __all__
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
 from confluent_kafka.cimpl import NewTopic
 
 from worker.config import ENV_PREFIX, Settings
+from worker.transport.topics import TopicFound, TopicSpec, model_topic, topic_specs
 
 __all__ = [
     "KafkaCatalogFeed",
@@ -30,6 +35,7 @@ __all__ = [
     "check_kafka",
     "client_config",
     "create_topics",
+    "describe_topics",
     "make_admin",
     "make_catalog_consumer",
     "make_consumer",
@@ -168,12 +174,15 @@ def make_producer(settings: Settings, **callbacks: Callable[..., None]) -> Produ
 
 
 def model_topic_spec(settings: Settings) -> NewTopic:
-    """The model topic: one partition, so every worker reads the deltas in one order.
+    """The model topic as :func:`worker.transport.topics.model_topic` describes it."""
+    return _new_topic(model_topic(settings))
 
-    Deltas are kept for a week (Kafka's default), far longer than the interval between
-    checkpoints that a starting worker catches up from.
-    """
-    return NewTopic(settings.model_topic, 1, 1, config={"retention.ms": str(7 * 86_400_000)})
+
+def _new_topic(spec: TopicSpec) -> NewTopic:
+    # -1: the broker's default.replication.factor (KIP-464), right on one dev broker and
+    # on a production cluster alike.
+    replication = spec.replication if spec.replication is not None else -1
+    return NewTopic(spec.name, spec.partitions, replication, config=spec.config())
 
 
 def make_model_producer(settings: Settings) -> Producer:
@@ -208,7 +217,13 @@ def make_model_consumer(settings: Settings) -> Consumer:
 
 
 def make_admin(settings: Settings, **callbacks: Callable[..., None]) -> AdminClient:
-    return AdminClient(client_config(settings) | dict(callbacks))
+    """A short-lived admin client, quiet below librdkafka's notices.
+
+    At level 6 (info) librdkafka tells stderr, now and then, that it purged an event
+    nobody was waiting for any more when an admin client goes away ("BGQUEUE"): noise in
+    the one-line output of ``tailor topics``. ``TAILOR_KAFKA_EXTRA`` can raise it again.
+    """
+    return AdminClient({"log_level": 5} | client_config(settings) | dict(callbacks))
 
 
 class KafkaUnavailable(RuntimeError):
@@ -260,27 +275,50 @@ def _explain_refusal(error: KafkaError, settings: Settings) -> str:
     )
 
 
-def create_topics(settings: Settings, partitions: int = 4, timeout_s: float = 30.0) -> None:
-    """Create Tailor's topics when missing (the catalog topic compacted).
+def create_topics(
+    settings: Settings, partitions: int | None = None, timeout_s: float = 30.0
+) -> list[str]:
+    """Create the settings' topics that are missing; returns the names created.
 
-    For the demo, tests and first runs; in production, topics are usually owned by
-    whoever runs Kafka, and this is a no-op when they exist.
+    Existing topics are left as they are, whatever they hold: changing the partitions of
+    a keyed topic would move users to other partitions, so that is for an operator to do
+    by hand (:func:`describe_topics` and ``tailor topics create --check`` say what
+    differs). ``partitions`` overrides ``TAILOR_TOPIC_PARTITIONS`` (tests, benchmarks).
     """
+    if partitions is not None:
+        settings = settings.with_overrides(topic_partitions=partitions)
     admin = make_admin(settings)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [
-        NewTopic(settings.events_topic, partitions, 1),
-        NewTopic(settings.catalog_topic, 1, 1, config={"cleanup.policy": "compact"}),
-        NewTopic(settings.recommendations_topic, partitions, 1),
-        NewTopic(settings.dlq_topic, 1, 1),
-        model_topic_spec(settings),
-    ]
-    missing = [topic for topic in wanted if topic.topic not in existing]
+    missing = [_new_topic(spec) for spec in topic_specs(settings) if spec.name not in existing]
     if not missing:
-        return
+        return []
+    created = []
     for topic, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
         try:
             future.result(timeout=timeout_s)
+            created.append(topic)
         except KafkaException as error:
-            if "TOPIC_ALREADY_EXISTS" not in str(error):
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # a racing creator
                 raise RuntimeError(f"could not create topic {topic}: {error}") from error
+    return sorted(created, key=[topic.topic for topic in missing].index)
+
+
+def describe_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, TopicFound]:
+    """The settings' topics that exist, with their partitions and cleanup settings."""
+    admin = make_admin(settings)
+    names = [spec.name for spec in topic_specs(settings)]
+    metadata = admin.list_topics(timeout=timeout_s).topics
+    present = [name for name in names if name in metadata and metadata[name].error is None]
+    if not present:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in present]
+    found = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout_s).items():
+        entries = future.result(timeout=timeout_s)
+        retention = entries.get("retention.ms")
+        found[resource.name] = TopicFound(
+            partitions=len(metadata[resource.name].partitions),
+            cleanup_policy=str(entries["cleanup.policy"].value),
+            retention_ms=int(retention.value) if retention is not None else None,
+        )
+    return found
