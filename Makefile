@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed  ## virtual environment with the package and every extra (dev: tests, demo, bench, evaluate; neural)
 
-tools:  ## Debian packages the integration tests use (redis-server, kcat)
+tools:  ## Debian packages the integration tests use (redis-server, kcat, prometheus)
 	bash deploy/local/install-tools.sh
 
 demo: install  ## the worker on an embedded mock Kafka and fakeredis, no servers needed

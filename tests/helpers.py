@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -120,3 +127,43 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met after {timeout_s} s")
         time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class TailorProcess:
+    """A ``tailor run`` process: its pid, its log file and its metrics address."""
+
+    pid: int
+    log: Path
+    metrics_url: str
+
+
+@contextmanager
+def tailor_process(settings: Settings, log: Path) -> Iterator[TailorProcess]:
+    """``tailor run`` as an operator starts it, with ``settings`` as its environment.
+
+    Metrics on 127.0.0.1 and a free port (read back from the log). The log is a file, not
+    a pipe: a pipe nobody reads would stall the worker once full. Leaving the block sends
+    SIGTERM and expects exit status 0.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(settings.as_environment())
+    env.update(TAILOR_METRICS_HOST="127.0.0.1", TAILOR_METRICS_PORT="0")
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stderr=sink)
+    try:
+        ports: list[str] = []
+
+        def address_logged() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            ports[:] = re.findall(r"metrics on http://[\d.]+:(\d+)/metrics", log.read_text())
+            return bool(ports)
+
+        wait_until(address_logged, timeout_s=60)
+        yield TailorProcess(process.pid, log, f"http://127.0.0.1:{ports[0]}/metrics")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(90) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

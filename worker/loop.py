@@ -47,12 +47,15 @@ from worker.transport.kafka import (
 from worker.transport.model_log import KafkaModelLog
 from worker.transport.ports import CatalogFeed, EventSource, Incoming, OutputSink
 
-__all__ = ["Worker", "WorkerStats"]
+__all__ = ["CLOSE_FLUSH_TIMEOUT_S", "Worker", "WorkerStats"]
 
 log = logging.getLogger("tailor.worker")
 T = TypeVar("T")
 
 _MAX_BACKOFF_S = 5.0
+#: How long a stopping worker waits for its outputs to be acknowledged before it leaves
+#: without committing them (they are replayed). Kubernetes' grace period is sized from it.
+CLOSE_FLUSH_TIMEOUT_S = 30.0
 _MODELS_LAGGING = "models lag the model topic"
 
 
@@ -216,7 +219,7 @@ class Worker:
 
     def close(self) -> None:
         """Finish what is in flight: flush outputs, store and commit offsets, leave the group."""
-        remaining = self._flush(30)
+        remaining = self._flush(CLOSE_FLUSH_TIMEOUT_S)
         try:
             if remaining:
                 log.error("%d outputs not acknowledged; their events will be replayed", remaining)

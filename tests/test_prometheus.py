@@ -1,0 +1,195 @@
+"""A real Prometheus scrapes a real ``tailor run`` and evaluates the project's rules.
+
+Why: the offline checks (tests/test_monitoring_queries.py) prove that the rules name
+exported series; only Prometheus itself shows that it can scrape the worker's exposition,
+that the series arrive with the labels the rules group by, and that every rule evaluates
+without error. Debian's ``prometheus`` (``make tools`` installs it) runs on 127.0.0.1 with
+a one-second scrape and evaluation interval, loads ``deploy/prometheus/rules.yml`` as it
+is, and is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import event, produce, produce_events, tailor_process, wait_until
+from tests.monitoring import RULES, recording_rules
+from worker.config import Settings
+
+PROMETHEUS = shutil.which("prometheus")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        PROMETHEUS is None, reason="no prometheus binary: `make tools` installs Debian's"
+    ),
+]
+
+Sample = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    """The HTTP API of a running Prometheus."""
+
+    url: str
+
+    def get(self, path: str, **params: str) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as response:
+            body = json.loads(response.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, promql: str) -> list[Sample]:
+        data = self.get("/api/v1/query", query=promql)
+        assert data["resultType"] == "vector", data
+        result: list[Sample] = data["result"]
+        return result
+
+    def rules(self) -> list[dict[str, Any]]:
+        return [rule for group in self.get("/api/v1/rules")["groups"] for rule in group["rules"]]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_prometheus(config: dict[str, Any], directory: Path) -> Iterator[Prometheus]:
+    """Prometheus with ``config`` in ``directory``; ready when the block starts."""
+    assert PROMETHEUS is not None
+    directory.mkdir(parents=True)
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{_free_port()}"
+    log = directory / "prometheus.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address={url.removeprefix('http://')}",
+                "--log.level=warn",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                    return bool(response.status == 200)
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        wait_until(ready, timeout_s=60)
+        yield Prometheus(url)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def eventually(
+    probe: Callable[[], list[Sample]], what: str, timeout_s: float = 60.0
+) -> list[Sample]:
+    """Poll ``probe`` until it returns samples; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := probe()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s:.0f} s"
+        time.sleep(0.25)
+    return found
+
+
+def test_prometheus_scrapes_the_worker_and_evaluates_every_rule(
+    settings: Settings, tmp_path: Path
+) -> None:
+    good = [event(f"p{n % 4}", f"item-{n % 7}") for n in range(30)]
+    with tailor_process(settings, tmp_path / "worker.log") as worker:
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {
+                    "job_name": "tailor",
+                    "metrics_path": "/metrics",
+                    "static_configs": [{"targets": [worker.metrics_url.split("/")[2]]}],
+                }
+            ],
+        }
+        with running_prometheus(config, tmp_path / "prometheus") as prometheus:
+            # A first scrape before the events, so that every counter is seen to grow. Two
+            # waves: a labelled series (consumed per topic, dead-lettered per reason) is
+            # born with its first batch already counted, which rate() cannot see; the
+            # second wave makes each of them grow under Prometheus' eyes.
+            eventually(lambda: prometheus.query('up{job="tailor"} == 1'), "successful scrape")
+            for wave, events in enumerate((good[:15], good[15:]), start=1):
+                produce_events(settings, events)
+                produce(settings, settings.events_topic, [(b"p0", b"not json")])
+                both = (
+                    f"tailor_events_processed_total >= {15 * wave} and "
+                    f"on () tailor_events_dead_lettered_total >= {wave}"
+                )
+                processed = eventually(
+                    partial(prometheus.query, both), f"wave {wave} of events and dead letters"
+                )
+            assert {s["metric"]["job"] for s in processed} == {"tailor"}
+
+            # Every recording rule yields a series (the lag once librdkafka's statistics,
+            # every 5 s, have reported it).
+            for name in recording_rules():
+                eventually(partial(prometheus.query, name), f"series from {name}")
+
+            def value(promql: str) -> float:
+                samples = eventually(lambda: prometheus.query(promql), promql)
+                assert len(samples) == 1, samples
+                return float(samples[0]["value"][1])
+
+            assert value("tailor:events_processed:rate1m") > 0
+            assert value(f'tailor:events_consumed:rate1m{{topic="{settings.events_topic}"}}') > 0
+            assert value('tailor:events_dead_lettered:rate5m{reason="not_json"}') > 0
+            assert 0 < value("tailor:dead_letter_ratio:rate5m") < 1
+            p99 = value("tailor:event_to_publish_seconds:p99_5m")
+            assert math.isfinite(p99), p99
+            assert 0 < p99 <= 5
+            assert value(f'tailor:consumer_lag:sum{{topic="{settings.events_topic}"}}') == 0
+
+            # Every rule, the alerts too, has been evaluated without an error.
+            def evaluated() -> list[Sample]:
+                rules = prometheus.rules()
+                return rules if all(r["health"] != "unknown" for r in rules) else []
+
+            rules = eventually(evaluated, "an evaluation of every rule")
+            assert {r["name"] for r in rules} >= set(recording_rules())
+            failing = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
+            assert not failing, failing
+            # A worker that is scraped and ready raises neither of the alerts about that
+            # (the others depend on this machine's load, e.g. the 50 ms latency one).
+            active = {r["name"] for r in rules if r["type"] == "alerting" and r["alerts"]}
+            assert not active & {"TailorDown", "TailorNotReady"}, active
