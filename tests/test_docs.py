@@ -36,3 +36,22 @@ def test_readme_configuration_table_matches_the_settings() -> None:
     from worker.cli import settings_table_markdown
 
     assert settings_table_markdown() in README
+
+
+ROOT = Path(__file__).resolve().parent.parent
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+
+
+def test_the_runbook_says_what_to_do_about_every_metric() -> None:
+    names = {metric.name for metric in Metrics().registry.collect()}
+    missing = [name for name in sorted(names) if f"`{name}" not in OPERATIONS]
+    assert missing == []
+
+
+def test_the_runbook_says_what_to_do_about_every_alert() -> None:
+    import yaml
+
+    groups = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())["groups"]
+    alerts = {rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule}
+    assert alerts
+    assert sorted(alert for alert in alerts if f"`{alert}`" not in OPERATIONS) == []
