@@ -15,8 +15,8 @@ import orjson
 import pytest
 from rich.console import Console
 
-from worker import bench
 from worker.bench import BenchError, Clickstream, WorkerOptions, Workload, run_worker
+from worker.bench import worker as bench_worker
 from worker.cli import main
 from worker.config import Settings
 from worker.contract import CatalogItem, Event
@@ -228,7 +228,7 @@ def test_bench_worker_reports_a_worker_that_dies(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dying = "import sys; print('worker log line'); sys.stderr.write('it broke\\n'); sys.exit(3)"
-    monkeypatch.setattr(bench, "_WORKER_COMMAND", (sys.executable, "-c", dying))
+    monkeypatch.setattr(bench_worker, "_WORKER_COMMAND", (sys.executable, "-c", dying))
     options = WorkerOptions(
         workload=Workload(items=100, categories=5, users=20, seed=2),
         events=100,

@@ -1,25 +1,13 @@
-"""``tailor bench``: how fast Tailor is, shown by measurements that are printed, never asserted.
+"""``tailor bench worker``: the real worker (``tailor run``, a process of its own) on the
+Kafka and Redis of the settings, on fresh topics and keys.
 
-Both benchmarks play one seeded synthetic clickstream (:class:`Clickstream`): a catalog
-whose items belong to categories, Zipf-like item and user popularity, users who mostly stay
-within a few favourite categories (so co-visitation has something to find), mostly views
-and clicks with some carts and purchases, a handful of countries and devices, and event
-time that moves forward.
-
-- :func:`run_core` feeds the recommender core alone (no Kafka, no Redis), batch by batch,
-  keeping user states in a dict the way the worker keeps them in Redis.
-- :func:`run_worker` runs the real worker (``tailor run``, a process of its own) on the
-  Kafka and Redis of the settings, on fresh topics and keys: how fast it drains a backlog,
-  read from its ``/metrics``, and the latency from an event's send to the list that covers
-  it, as a downstream reader sees it.
-
-Each returns a plain dict (what ``--json`` writes); :func:`print_report` shows it.
+How fast it drains a backlog, read from its ``/metrics``, and the latency from an event's
+send to the list that covers it, as a downstream reader sees it.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -30,12 +18,9 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, field
 
 import confluent_kafka
 import numpy as np
@@ -46,308 +31,28 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
-from rich.table import Table
 
-from worker import __version__
+from worker.bench.common import BenchError, Json, percentiles, progress_bar, warmup_count
+from worker.bench.report import machine_info, now_iso
+from worker.bench.synthetic import Clickstream, Workload
 from worker.config import ENV_PREFIX, Settings
-from worker.contract import CatalogItem, Event
-from worker.loop import freeze_startup_objects
-from worker.recommend import Envelope, Recommender
 from worker.redaction import redacted_url
 from worker.state.store import connect_redis
-from worker.state.user import UserState
 from worker.transport.kafka import client_config, create_topics, make_admin, make_producer
 
-__all__ = [
-    "BenchError",
-    "Clickstream",
-    "CoreOptions",
-    "WorkerOptions",
-    "Workload",
-    "machine_info",
-    "print_report",
-    "run_core",
-    "run_worker",
-    "write_json",
-]
+__all__ = ["WorkerOptions", "run_worker"]
+
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-Json = dict[str, Any]
-T = TypeVar("T")
-
-# -- the synthetic clickstream --------------------------------------------------------------
-
-_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
-_EVENT_TYPE_SHARES = (0.70, 0.20, 0.07, 0.03)
-_COUNTRIES = ("NL", "DE", "GB", "FR", "US", "ES", "IT", "PL")
-_COUNTRY_SHARES = (0.25, 0.20, 0.15, 0.12, 0.10, 0.08, 0.06, 0.04)
-_DEVICES = ("mobile", "web", "app")
-_DEVICE_SHARES = (0.55, 0.35, 0.10)
-_OTHER_DEVICE = 0.10  # share of a user's events on a device other than their usual one
-_FAVOURITE_SHARES = (0.60, 0.25, 0.15)  # how a user's in-taste events split over categories
-_IN_FAVOURITES = 0.85  # share of events inside the user's favourite categories
-_ITEM_EXPONENT = 1.0  # Zipf-like: weight of the item of popularity rank r is 1 / r**s
-_USER_EXPONENT = 0.6
-_CATEGORY_EXPONENT = 0.8
-_UNAVAILABLE = 0.02
-_CATEGORIES_PER_DEPARTMENT = 25
-_SESSION_S = 1800
-_VOCABULARY = (
-    "cotton linen wool silk velvet denim leather canvas bamboo ceramic glass steel copper "
-    "oak walnut pine marble stone paper vintage modern classic rustic floral striped "
-    "checked plain bright pastel dark light small large mini tall round square"
-)
-_WORDS = tuple(_VOCABULARY.split())  # title words: shared words give content neighbours
-#: Event time of the core benchmark's first event: fixed, so runs repeat exactly.
-CORE_START_S = 1_750_000_000.0
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    """The shape of the synthetic world; the same seed gives the same catalog and stream."""
-
-    items: int = 100_000
-    categories: int = 500
-    users: int = 50_000
-    seed: int = 7
-    mean_gap_s: float = 0.05  # event time between two events (exponential)
-
-    def __post_init__(self) -> None:
-        if min(self.items, self.categories, self.users) < 1:
-            raise ValueError("items, categories and users must be at least 1")
-
-
-def item_id(row: int) -> str:
-    return f"i-{row}"
-
-
-def user_id(index: int) -> str:
-    return f"u-{index}"
-
-
-class Clickstream:
-    """A seeded synthetic catalog and interaction stream.
-
-    :meth:`events` continues one stream: consecutive calls give consecutive events with
-    distinct ids, so a warm-up, a measured part and a latency part are one story.
-    """
-
-    def __init__(self, workload: Workload) -> None:
-        self.workload = workload
-        rng = np.random.default_rng(workload.seed)
-        self._rng = rng
-        items, categories, users = workload.items, workload.categories, workload.users
-        self.item_category: IntArray = rng.integers(0, categories, size=items, dtype=np.int64)
-        item_weight = _zipf_weights(items, _ITEM_EXPONENT, rng)
-        order = np.argsort(self.item_category, kind="stable")
-        bounds = np.searchsorted(self.item_category[order], np.arange(categories + 1))
-        self._members = [order[bounds[c] : bounds[c + 1]] for c in range(categories)]
-        self._member_cdf = [np.cumsum(item_weight[members]) for members in self._members]
-        self._item_cdf = np.cumsum(item_weight)
-        category_weight = _zipf_weights(categories, _CATEGORY_EXPONENT, rng)
-        self.favourites: IntArray = rng.choice(
-            categories,
-            size=(users, len(_FAVOURITE_SHARES)),
-            p=category_weight / category_weight.sum(),
-        )
-        self._user_cdf = np.cumsum(_zipf_weights(users, _USER_EXPONENT, rng))
-        self.user_country: IntArray = rng.choice(len(_COUNTRIES), size=users, p=_COUNTRY_SHARES)
-        self.user_device: IntArray = rng.choice(len(_DEVICES), size=users, p=_DEVICE_SHARES)
-        self.emitted = 0
-
-    def catalog(self) -> Iterator[Json]:
-        """Every item as the catalog topic carries it (category path: department, leaf)."""
-        rng = np.random.default_rng([self.workload.seed, 1])  # apart from the event stream
-        count = self.workload.items
-        prices = np.round(rng.gamma(2.0, 15.0, size=count), 2)
-        available = rng.random(count) >= _UNAVAILABLE
-        words = rng.integers(0, len(_WORDS), size=(count, 2))
-        tags = rng.integers(0, 5, size=count)
-        for row in range(count):
-            category = int(self.item_category[row])
-            yield {
-                "item_id": item_id(row),
-                "title": f"{_WORDS[words[row, 0]]} {_WORDS[words[row, 1]]} {row}",
-                "category": [
-                    f"d-{category // _CATEGORIES_PER_DEPARTMENT}",
-                    f"c-{category}",
-                ],
-                "tags": [f"t{category}-{tags[row]}"],
-                "price": float(prices[row]),
-                "available": bool(available[row]),
-            }
-
-    def events(self, count: int, *, start_s: float, id_prefix: str) -> list[Json]:
-        """The next ``count`` events as frontends send them, event time from ``start_s``."""
-        rng = self._rng
-        users = _draw(self._user_cdf, rng.random(count))
-        items = _draw(self._item_cdf, rng.random(count))
-        which = rng.choice(len(_FAVOURITE_SHARES), size=count, p=_FAVOURITE_SHARES)
-        in_taste = np.flatnonzero(rng.random(count) < _IN_FAVOURITES)
-        categories = self.favourites[users[in_taste], which[in_taste]]
-        by_category = np.argsort(categories, kind="stable")
-        starts = np.searchsorted(categories[by_category], np.arange(self.workload.categories + 1))
-        draws = rng.random(in_taste.size)
-        for category in np.unique(categories):
-            members = self._members[category]
-            if members.size == 0:
-                continue  # an empty category: the global draw stands
-            chosen = by_category[starts[category] : starts[category + 1]]
-            items[in_taste[chosen]] = members[_draw(self._member_cdf[category], draws[chosen])]
-        kinds = rng.choice(len(_EVENT_TYPES), size=count, p=_EVENT_TYPE_SHARES)
-        devices = np.where(
-            rng.random(count) < _OTHER_DEVICE,
-            rng.integers(0, len(_DEVICES), size=count),
-            self.user_device[users],
-        )
-        times = start_s + np.cumsum(rng.exponential(self.workload.mean_gap_s, size=count))
-        bodies: list[Json] = []
-        for k in range(count):
-            user = int(users[k])
-            moment = float(times[k])
-            bodies.append(
-                {
-                    "schema_version": 1,
-                    "event_id": f"{id_prefix}{self.emitted + k}",
-                    "user_id": user_id(user),
-                    "item_id": item_id(int(items[k])),
-                    "type": _EVENT_TYPES[kinds[k]],
-                    "timestamp": int(moment * 1000),
-                    "session_id": f"s-{user}-{int(moment // _SESSION_S)}",
-                    "context": {
-                        "device": _DEVICES[devices[k]],
-                        "country": _COUNTRIES[self.user_country[user]],
-                    },
-                }
-            )
-        self.emitted += count
-        return bodies
-
-
-def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> FloatArray:
-    """Weights 1 / rank**s, with the ranks shuffled over the n positions."""
-    ranks = rng.permutation(n) + 1
-    weights: FloatArray = 1.0 / ranks.astype(np.float64) ** exponent
-    return weights
-
-
-def _draw(cdf: FloatArray, uniform: FloatArray) -> IntArray:
-    """Positions drawn in proportion to the weights whose running sum is ``cdf``."""
-    picks = np.searchsorted(cdf, uniform * cdf[-1], side="right")
-    drawn: IntArray = np.minimum(picks, cdf.size - 1).astype(np.int64)
-    return drawn
-
-
-# -- the core benchmark ---------------------------------------------------------------------
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not finish (a server away, the worker stopped, a timeout)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CoreOptions:
-    workload: Workload = Workload()
-    events: int = 50_000
-    batch_size: int = 500
-    warmup: float = 0.2  # share of the events processed first and not timed
-    progress: bool = True
-
-
-def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json:
-    """The recommender core alone: ``Recommender.process`` over the synthetic stream."""
-    stream = Clickstream(options.workload)
-    recommender = Recommender(settings)
-    warmup = _warmup_count(options.events, options.warmup)
-    batch_ms: list[float] = []
-    distinct_users: list[int] = []
-    lists = 0
-    states: dict[str, UserState] = {}
-    with _progress(console, options.progress) as progress:
-        task = progress.add_task("catalog", total=options.workload.items)
-        started = time.perf_counter()
-        chunk: list[tuple[str, CatalogItem | None]] = []
-        for count, body in enumerate(stream.catalog(), 1):
-            chunk.append((body["item_id"], CatalogItem.model_validate(body)))
-            if count % 5000 == 0:  # as the worker applies what one catalog poll brings
-                recommender.apply_catalog_many(chunk)
-                chunk = []
-                progress.update(task, completed=count)
-        recommender.apply_catalog_many(chunk)
-        catalog_s = time.perf_counter() - started
-        progress.update(task, completed=options.workload.items)
-
-        bodies = stream.events(options.events, start_s=CORE_START_S, id_prefix="e-")
-        envelopes = [
-            Envelope(Event.model_validate(body), 0, offset) for offset, body in enumerate(bodies)
-        ]
-        freeze_startup_objects()  # as the worker does once its catalog is loaded
-        task = progress.add_task("warm-up", total=warmup)
-        for batch in _chunks(envelopes[:warmup], options.batch_size):
-            _process(recommender, batch, states)
-            progress.advance(task, len(batch))
-        task = progress.add_task("measured", total=options.events - warmup)
-        for batch in _chunks(envelopes[warmup:], options.batch_size):
-            seconds, published, users = _process(recommender, batch, states)
-            batch_ms.append(seconds * 1000)
-            lists += published
-            distinct_users.append(users)
-            progress.advance(task, len(batch))
-    measured = options.events - warmup
-    seconds = sum(batch_ms) / 1000
-    return {
-        "bench": "core",
-        "when": _now(),
-        "options": {
-            **asdict(options.workload),
-            "events": options.events,
-            "batch_size": options.batch_size,
-            "warmup": options.warmup,
-        },
-        "catalog_items": recommender.catalog.size,
-        "catalog_load_s": catalog_s,
-        "warmup_events": warmup,
-        "events": measured,
-        "batches": len(batch_ms),
-        "lists": lists,
-        "users_seen": len(states),
-        "distinct_users_per_batch": float(np.mean(distinct_users)) if distinct_users else 0.0,
-        "seconds": seconds,
-        "events_per_s": measured / seconds if seconds > 0 else 0.0,
-        "lists_per_s": lists / seconds if seconds > 0 else 0.0,
-        "batch_ms": _percentiles(batch_ms),
-        "machine": machine_info(),
-    }
-
-
-def _process(
-    recommender: Recommender, batch: Sequence[Envelope], states: dict[str, UserState]
-) -> tuple[float, int, int]:
-    """One micro-batch as the worker runs it, minus I/O: seconds, lists and distinct users."""
-    users = dict.fromkeys(envelope.event.user_id for envelope in batch)
-    read = {user: states.get(user) for user in users}  # what the Redis read would return
-    started = time.perf_counter()
-    result = recommender.process(batch, read)
-    seconds = time.perf_counter() - started
-    for write in result.writes:
-        states[write.state.user_id] = write.state
-    return seconds, len(result.published), len(users)
-
-
-# -- the worker benchmark -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    workload: Workload = Workload()
+    workload: Workload = field(default_factory=Workload)
     events: int = 50_000  # drained as fast as the worker goes
     warmup: float = 0.2  # share of ``events`` consumed first, before the clock starts
     latency_events: int = 5_000
@@ -385,7 +90,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
         ) from error
 
     stream = Clickstream(options.workload)
-    warmup = _warmup_count(options.events, options.warmup)
+    warmup = warmup_count(options.events, options.warmup)
     backlog = warmup + options.events
     start_s = time.time() - 2 * backlog * options.workload.mean_gap_s - 60  # all in the past
     prefix = f"b{suffix}-"
@@ -400,7 +105,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
     reader: _ListReader | None = None
     result: Json = {
         "bench": "worker",
-        "when": _now(),
+        "when": now_iso(),
         "options": {
             **asdict(options.workload),
             "events": options.events,
@@ -415,7 +120,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
         "topics_suffix": suffix,
     }
     try:
-        with _progress(console, options.progress) as progress:
+        with progress_bar(console, options.progress) as progress:
             task = progress.add_task("catalog produced", total=options.workload.items)
             for count, body in enumerate(stream.catalog(), 1):
                 _send(
@@ -506,7 +211,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
                 "covered": len(latencies_ms),
                 "missing": len(wanted) - len(latencies_ms),
                 "lists_read": reader.lists,
-                "ms": _percentiles(latencies_ms),
+                "ms": percentiles(latencies_ms),
                 **after.minus(before),
             }
     finally:
@@ -872,189 +577,3 @@ def _clean_up(settings: Settings, redis_client: redis.Redis) -> None:
                 batch.clear()
         if batch:
             redis_client.unlink(*batch)
-
-
-# -- shared ---------------------------------------------------------------------------------
-
-
-def machine_info() -> Json:
-    """What the numbers were measured on."""
-    return {
-        "cpu_model": _cpu_model(),
-        "cores": os.cpu_count() or 0,
-        "memory_gib": _memory_gib(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "tailor": __version__,
-        "git": _git_revision(),
-    }
-
-
-def _git_revision() -> str:
-    """The checkout's commit, ``+dirty`` with uncommitted changes; empty outside a checkout."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return ""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return commit + ("+dirty" if dirty else "")
-
-
-def _cpu_model() -> str:
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
-
-
-def _memory_gib() -> float:
-    with suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    return 0.0
-
-
-def _percentiles(values: Sequence[float]) -> Json:
-    if not values:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
-    array = np.asarray(values, dtype=np.float64)
-    p50, p95, p99 = np.percentile(array, [50, 95, 99])
-    return {
-        "p50": float(p50),
-        "p95": float(p95),
-        "p99": float(p99),
-        "max": float(array.max()),
-        "mean": float(array.mean()),
-    }
-
-
-def _warmup_count(events: int, share: float) -> int:
-    if not 0 <= share < 1:
-        raise ValueError("the warm-up share must be in [0, 1)")
-    return int(events * share)
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-        transient=True,
-    )
-
-
-def write_json(result: Json, path: Path) -> None:
-    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
-
-
-def print_report(result: Json, console: Console) -> None:
-    """The measured numbers as tables: what was measured, then what it ran on."""
-    table = Table(title=f"tailor bench {result['bench']}", title_justify="left")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for name, value in _rows(result):
-        table.add_row(name, value)
-    console.print(table)
-    options = result["options"]
-    console.print(
-        "workload: " + ", ".join(f"{key} {value}" for key, value in options.items()),
-        highlight=False,
-        soft_wrap=True,
-    )
-    host = result["machine"]
-    console.print(
-        f"machine: {host['cpu_model']}, {host['cores']} cores, {host['memory_gib']} GiB; "
-        f"Python {host['python']}, numpy {host['numpy']}; tailor {host['tailor']}"
-        + (f" at {host['git']}" if host["git"] else "")
-        + (
-            f"; Redis {host['redis_server']}, librdkafka {host['librdkafka']}"
-            if "redis_server" in host
-            else ""
-        ),
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-def _rows(result: Json) -> list[tuple[str, str]]:
-    if result["bench"] == "core":
-        batch = result["batch_ms"]
-        return [
-            ("events measured (after warm-up)", f"{result['events']:,}"),
-            ("warm-up events (not timed)", f"{result['warmup_events']:,}"),
-            ("events/s", f"{result['events_per_s']:,.0f}"),
-            ("lists/s", f"{result['lists_per_s']:,.0f}"),
-            ("batches", f"{result['batches']:,}"),
-            ("batch p50 ms", f"{batch['p50']:.1f}"),
-            ("batch p95 ms", f"{batch['p95']:.1f}"),
-            ("batch p99 ms", f"{batch['p99']:.1f}"),
-            ("batch max ms", f"{batch['max']:.1f}"),
-            ("items in catalog", f"{result['catalog_items']:,}"),
-            ("distinct users per batch (mean)", f"{result['distinct_users_per_batch']:.1f}"),
-            ("users seen", f"{result['users_seen']:,}"),
-            ("catalog load s", f"{result['catalog_load_s']:.1f}"),
-        ]
-    drain, latency = result["drain"], result["latency"]
-    ms = latency["ms"]
-    return [
-        ("items in catalog", f"{result['catalog_items']:,}"),
-        ("catalog load s (worker start)", f"{result['catalog_load_s']:.1f}"),
-        ("worker process start s (spawn to consuming)", f"{result['worker_start_s']:.1f}"),
-        ("drain: events", f"{drain['events']:,}"),
-        ("drain: seconds", f"{drain['seconds']:.2f}"),
-        ("drain: events/s", f"{drain['events_per_s']:,.0f}"),
-        ("drain: mean events per batch", f"{drain['mean_batch']:.0f}"),
-        ("drain: mean batch processing ms", f"{drain['batch_ms_mean']:.1f}"),
-        ("drain: mean Redis round trip ms", f"{drain['redis_ms_mean']:.2f}"),
-        ("drain: lists published", f"{drain['lists_published']:,}"),
-        ("drain: model deltas published", f"{drain.get('model_deltas', 0):,}"),
-        (
-            "drain: model delta bytes per event (Kafka out)",
-            f"{drain.get('model_delta_bytes_per_event', 0.0):,.0f}",
-        ),
-        ("latency: events", f"{latency['events']:,}"),
-        (
-            "latency: rate asked / achieved (/s)",
-            f"{latency['rate']:,.0f} / {latency['achieved_rate']:,.0f}",
-        ),
-        ("latency: events with a list", f"{latency['covered']:,}"),
-        ("latency: missing", f"{latency['missing']:,}"),
-        ("latency: mean events per batch", f"{latency['mean_batch']:.1f}"),
-        ("latency: mean batch processing ms", f"{latency['batch_ms_mean']:.1f}"),
-        ("latency: mean Redis round trip ms", f"{latency['redis_ms_mean']:.2f}"),
-        ("event -> list p50 ms", f"{ms['p50']:.1f}"),
-        ("event -> list p95 ms", f"{ms['p95']:.1f}"),
-        ("event -> list p99 ms", f"{ms['p99']:.1f}"),
-        ("event -> list max ms", f"{ms['max']:.1f}"),
-        ("worker exit status (after SIGTERM)", str(result["worker_exit_code"])),
-    ]
