@@ -306,6 +306,9 @@ class ModelSync:
 
         The snapshot is taken between batches, so it is consistent with ``position``; the
         encoding copies every array first, so the loop may go on at once.
+        :meth:`maybe_checkpoint` first makes sure the models are exactly the log's
+        (:attr:`consistent`); the evaluation harness, where no worker loses its partitions
+        and so no copy can diverge, calls this directly at the times it replays.
         """
         started = time.perf_counter()
         meta, arrays = snapshot(self.recommender, self.position)
