@@ -159,3 +159,19 @@ def test_a_refused_write_stops_the_worker_with_one_line_and_loses_nothing(
     assert {u: s.events for u, s in states.items() if s is not None} == {
         u: 1 for u in first + second
     }
+
+
+def test_tailor_config_never_prints_a_password() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env["TAILOR_REDIS_URL"] = f"redis://{USER}:{PASSWORD}@redis:6379/0"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    )
+    assert f"redis://{USER}:***@redis:6379/0" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr

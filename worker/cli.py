@@ -20,7 +20,7 @@ from worker import __version__
 from worker.argtypes import positive_float, positive_int, share
 from worker.config import ConfigError, Settings, load_settings
 from worker.extras import EXTRAS, missing_extra
-from worker.redaction import RedactingFormatter
+from worker.redaction import RedactingFormatter, redact
 
 __all__ = ["main"]
 
@@ -480,7 +480,7 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
         print(settings_table_markdown())
         return 0
     rows = [("environment variable", "value", "meaning")] + [
-        (f"TAILOR_{name.upper()}", str(getattr(settings, name)), field.description or "")
+        (f"TAILOR_{name.upper()}", redact(str(getattr(settings, name))), field.description or "")
         for name, field in type(settings).model_fields.items()
     ]
     name_width = max(len(row[0]) for row in rows)
