@@ -8,7 +8,8 @@ feed it a log). One code path, so what is measured is what runs.
 A micro-batch is handled in three steps:
 
 1. **sort out** the events per user: drop those at or below the user's applied offset
-   (a replay after a crash changes nothing), and honour ``forget`` requests;
+   (a replay after a crash changes nothing), unless the offset was of another id of the
+   events topic (deleted and recreated: void), and honour ``forget`` requests;
 2. **learn** from all fresh events at once: the ranker (from what the user did after the
    previous list), trending, co-visitation and taste vectors (vectorised over the batch);
 3. **recommend** for every touched user: candidates -> features -> ranker -> filters ->
@@ -133,6 +134,8 @@ class BatchResult:
     erased: list[str] = field(default_factory=list)
     replayed: int = 0  # events already applied before (skipped: exactly once)
     applied: int = 0
+    #: users whose stored offsets were of another events topic id, and so were dropped
+    voided: int = 0
     #: what the shared models learned from this batch, for the other workers (None: nothing)
     delta: ModelDelta | None = None
 
@@ -254,11 +257,16 @@ class Recommender:
         batch: Sequence[Envelope],
         states: Mapping[str, UserState | None],
         now: datetime | None = None,
+        topic_id: str = "",
     ) -> BatchResult:
-        """Learn from ``batch`` and return every touched user's new state and list."""
+        """Learn from ``batch`` and return every touched user's new state and list.
+
+        ``topic_id`` is the id of the events topic the whole batch was read from ("" when
+        unknown); one per batch, since offsets compare only within one topic id.
+        """
         result = BatchResult()
         forgotten: list[int] = []  # session tokens of users erased by this batch
-        users = self._sort_out(batch, states, result, forgotten)
+        users = self._sort_out(batch, states, result, forgotten, topic_id)
         forgets = [e for e in batch if e.event.type is EventType.FORGET]
         result.delta = self._learn(users, forgets, forgotten)
         generated_at = now or datetime.now(UTC)
@@ -286,6 +294,7 @@ class Recommender:
         states: Mapping[str, UserState | None],
         result: BatchResult,
         forgotten: list[int],
+        topic_id: str,
     ) -> dict[str, _UserBatch]:
         grouped: dict[str, list[Envelope]] = {}
         for envelope in batch:
@@ -308,6 +317,7 @@ class Recommender:
                     continue
             if state is None:
                 state = UserState(user_id=user_id, vector=self.taste.new_user(user_id))
+            result.voided += state.adopt_topic(topic_id)
             fresh = [e for e in envelopes if not state.already_applied(e.partition, e.offset)]
             result.replayed += len(envelopes) - len(fresh)
             shared = [e.offset > self.contributed.get(e.partition, -1) for e in fresh]
