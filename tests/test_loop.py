@@ -251,3 +251,37 @@ def test_a_missing_topic_is_logged_with_the_command_that_makes_it(
         "Kafka: Subscribed topic not available: tailor.events: Broker: Unknown topic or "
         "partition; `tailor topics create` makes Tailor's topics"
     ]
+
+
+def test_a_recreated_events_topic_voids_the_old_offsets_and_applies_every_new_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13: after a delete and recreate, a known user's new events (offsets from 0
+    again) were all counted as replayed and none applied."""
+    cluster = Cluster()
+    worker = cluster.worker()
+    old_id = worker.topic_id
+    assert old_id == cluster.kafka.topic_id(cluster.settings.events_topic)
+    for item in ITEMS[:5]:
+        cluster.send("dee", item)
+    drain(worker)
+    assert cluster.states.states["dee"].topic_id == old_id
+    cluster.kafka.recreate(cluster.settings.events_topic)
+    for item in ITEMS[:3]:
+        cluster.send("dee", item)
+    with caplog.at_level(logging.WARNING, logger="tailor.worker"):
+        drain(worker)
+    assert worker.topic_id not in ("", old_id)
+    assert cluster.events_applied("dee") == 8
+    assert (worker.stats.replayed, worker.stats.voided) == (0, 1)
+    assert cluster.states.states["dee"].topic_id == worker.topic_id
+    assert worker.metrics.registry.get_sample_value("tailor_offsets_voided_total") == 1
+    topic = cluster.settings.events_topic
+    assert [m for m in caplog.messages if "void" in m] == [
+        f"events topic {topic} has a new id {worker.topic_id} (was {old_id}): it was deleted "
+        "and recreated; users' offsets of the old one are void",
+        f"offsets of 1 users void: stored for another id of events topic "
+        f"{cluster.settings.events_topic} (deleted and recreated, or another cluster); their "
+        f"events of topic id {worker.topic_id} applied",
+    ]
+    worker.close()

@@ -103,6 +103,12 @@ class Metrics:
             "User writes refused because a newer offset was already applied",
             registry=r,
         )
+        self.offsets_voided = Counter(
+            "tailor_offsets_voided",
+            "Users whose stored offsets were of another id of the events topic (deleted and "
+            "recreated, or another cluster) and were dropped instead of skipping events",
+            registry=r,
+        )
 
         self.model_deltas = Counter(
             "tailor_model_deltas",
