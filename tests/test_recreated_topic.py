@@ -58,6 +58,7 @@ def test_a_known_users_events_in_a_recreated_topic_are_all_applied(
         produce_events(settings, [event("erin", f"item-{n}") for n in (5, 6, 7)])
         wait_until(lambda: worker.stats.processed + worker.stats.replayed >= 3)
         stats = worker.stats
+        wait_until(lambda: worker.recommender.totals.events == 8)  # the models learn them
         voided = worker.metrics.registry.get_sample_value("tailor_offsets_voided_total")
         assert worker.topic_id == new_id
 

@@ -506,6 +506,14 @@ class Worker:
             log.warning(
                 "%d user writes refused by the offset guard (another writer was ahead)", stale
             )
+        if result.models_voided:
+            metrics.model_offsets_voided.inc()
+            log.warning(
+                "shared models: their offsets of events topic id %s are void, this batch is "
+                "of id %s (the topic was deleted and recreated, or another cluster)",
+                result.models_voided,
+                self.topic_id,
+            )
         if result.voided:
             log.warning(
                 "offsets of %d users void: stored for another id of events topic %s (deleted "

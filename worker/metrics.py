@@ -109,6 +109,12 @@ class Metrics:
             "recreated, or another cluster) and were dropped instead of skipping events",
             registry=r,
         )
+        self.model_offsets_voided = Counter(
+            "tailor_model_offsets_voided",
+            "Times the shared models' offsets were of another id of the events topic and "
+            "were dropped, so its events and deltas count afresh",
+            registry=r,
+        )
 
         self.model_deltas = Counter(
             "tailor_model_deltas",

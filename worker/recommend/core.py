@@ -44,7 +44,7 @@ from worker.recommend.candidates import Candidates, UserContext, gather_candidat
 from worker.recommend.context import ModelContext
 from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
-from worker.state.user import Interaction, UserState, UserWrite
+from worker.state.user import Interaction, UserState, UserWrite, other_topic
 
 __all__ = [
     "BatchResult",
@@ -136,6 +136,9 @@ class BatchResult:
     applied: int = 0
     #: users whose stored offsets were of another events topic id, and so were dropped
     voided: int = 0
+    #: the events topic id the shared models' offsets (:attr:`Recommender.contributed`)
+    #: were of, when that was another one than the batch's and they were dropped
+    models_voided: str = ""
     #: what the shared models learned from this batch, for the other workers (None: nothing)
     delta: ModelDelta | None = None
 
@@ -210,8 +213,10 @@ class Recommender:
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
         self._category_cache_version = -_CATEGORY_CACHE_REFRESHES
-        #: event partition -> the last offset the shared models reflect (see apply_delta)
+        #: event partition -> the last offset the shared models reflect (see apply_delta),
+        #: in the events topic of id ``contributed_topic`` ("" unknown)
         self.contributed: dict[int, int] = {}
+        self.contributed_topic = ""
         self.origin = origin
         self.batches = 0
         self.totals = ModelTotals()
@@ -265,6 +270,9 @@ class Recommender:
         unknown); one per batch, since offsets compare only within one topic id.
         """
         result = BatchResult()
+        counted_topic = self.contributed_topic
+        if self.adopt_topic(topic_id):
+            result.models_voided = counted_topic
         forgotten: list[int] = []  # session tokens of users erased by this batch
         users = self._sort_out(batch, states, result, forgotten, topic_id)
         forgets = [e for e in batch if e.event.type is EventType.FORGET]
@@ -348,6 +356,7 @@ class Recommender:
         gap = settings.covis_session_gap_s
         taste_on = settings.part_on("taste")
         builder = DeltaBuilder()
+        builder.topic_id = self.contributed_topic
         builder.lessons = self._ranker_lessons(users)
         builder.forgotten = forgotten
         for envelope in forgets:
@@ -443,18 +452,36 @@ class Recommender:
         reflect. One wholly behind is a ``duplicate`` (a worker's own deltas read back
         after a restart from a checkpoint that already held them); one that overlaps is
         ``refused`` (a batch redone after a crash, or a worker that lost its partitions
-        still publishing): every copy decides alike, so they stay in step.
+        still publishing): every copy decides alike, so they stay in step. A delta of
+        another events topic id finds what the models reflect void (:meth:`adopt_topic`).
         """
-        outcome = judge_delta(delta.positions, self.contributed)
+        other = other_topic(self.contributed_topic, delta.topic_id)
+        outcome = judge_delta(delta.positions, {} if other else self.contributed)
         if outcome != "applied":
             return outcome
         if delta.lessons.size and delta.lessons.shape[1] != len(FEATURES):
             raise ValueError(
                 f"ranker lessons with {delta.lessons.shape[1]} features, not {len(FEATURES)}"
             )
+        self.adopt_topic(delta.topic_id)
         row = self.index.row
         self._apply(delta, np.array([row(item) for item in delta.items], dtype=np.int64))
         return "applied"
+
+    def adopt_topic(self, topic_id: str) -> bool:
+        """Make :attr:`contributed` offsets of topic ``topic_id``; True when they were of
+        another id and were dropped.
+
+        The same rule as a user's offsets (:meth:`UserState.adopt_topic`): a recreated
+        events topic numbers from 0 again, and its events must not be taken for ones the
+        models already hold, nor its deltas for duplicates.
+        """
+        other = other_topic(self.contributed_topic, topic_id)
+        if other:
+            self.contributed.clear()
+        if topic_id:
+            self.contributed_topic = topic_id
+        return other
 
     def _apply(self, delta: ModelDelta, table: IntArray) -> None:
         """Learn ``delta`` (own or another worker's): the one way shared models change.

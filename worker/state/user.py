@@ -24,6 +24,7 @@ __all__ = [
     "UserWrite",
     "decode_user",
     "encode_user",
+    "other_topic",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -39,6 +40,16 @@ TOPIC_ID_FIELD = "i"
 #: them from the shared similar-sessions model (which itself knows no users). Older
 #: sessions than these have usually left the model's ring already (docs/models.md).
 SESSIONS_PER_USER = 16
+
+
+def other_topic(held: str, given: str) -> bool:
+    """Whether offsets kept under topic id ``held`` are void for events of ``given``.
+
+    Only two known, different ids say so: an unknown id ("") counts as the same topic,
+    so that what was written before ids were kept is not voided by an upgrade. The one
+    rule for users' offsets and for the shared models' (:attr:`Recommender.contributed`).
+    """
+    return bool(held) and bool(given) and held != given
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +102,7 @@ class UserState:
         """
         if not topic_id:
             return False
-        other = bool(self.topic_id) and self.topic_id != topic_id
+        other = other_topic(self.topic_id, topic_id)
         if other:
             self.offsets.clear()
         self.topic_id = topic_id
