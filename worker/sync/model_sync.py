@@ -222,7 +222,7 @@ class ModelSync:
                 continue
             self._count(outcome, len(record.data))
             if other_topic(counted_topic, rec.contributed_topic):
-                self.voided(counted_topic, f"model delta {delta.origin}/{delta.batch}")
+                self._voided(counted_topic, f"model delta {delta.origin}/{delta.batch}")
             self._follow_log(delta.topic_id, delta.positions, outcome, record.position)
             if outcome == "applied":
                 applied += 1
@@ -239,7 +239,7 @@ class ModelSync:
             metrics.checkpoint_age.set(max(0.0, self.clock() - self.checkpoint_at))
         return applied
 
-    def voided(self, was: str, by: str) -> None:
+    def _voided(self, was: str, by: str) -> None:
         """Say that the models' offsets were of another events topic id and were dropped
         (the topic was deleted and recreated): one log line and the metric."""
         log.warning(
@@ -267,6 +267,9 @@ class ModelSync:
         readers take that one and drop ours, while this copy kept ours and refuses theirs.
         The difference is at most a batch, but a checkpoint of it would hand it on to every
         worker that starts from it, so such a copy stops writing checkpoints.
+
+        The log's count follows the events topic id as the models do: a delta of another
+        id voids what was counted (:meth:`Recommender.adopt_topic`).
         """
         if other_topic(self.log_topic, topic_id):
             self.log_contributed.clear()
