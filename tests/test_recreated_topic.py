@@ -13,7 +13,7 @@ import time
 
 import pytest
 import redis
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from tests.helpers import event, produce_events, running_worker, wait_until
 from worker.config import Settings
@@ -35,6 +35,26 @@ def _recreate(settings: Settings, topic: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
+def _served(settings: Settings, topics: list[str], timeout_s: float = 60.0) -> None:
+    """Wait until the broker serves offsets of every partition of ``topics``: on a loaded
+    machine a topic just created has no leader yet for a while, and a worker starting
+    then fails reading the model topic's bounds (NOT_LEADER_FOR_PARTITION)."""
+    probe = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "probe"})
+    deadline = time.monotonic() + timeout_s
+    try:
+        for topic in topics:
+            for partition in probe.list_topics(topic, timeout=10).topics[topic].partitions:
+                while True:
+                    try:
+                        probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                        break
+                    except KafkaException:
+                        assert time.monotonic() < deadline, f"{topic} not served in time"
+                        time.sleep(0.2)
+    finally:
+        probe.close()
+
+
 def test_a_known_users_events_in_a_recreated_topic_are_all_applied(
     settings: Settings, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -42,6 +62,7 @@ def test_a_known_users_events_in_a_recreated_topic_are_all_applied(
     ids = KafkaTopicIds(settings)
     old_id = ids.topic_id(topic)
     assert len(old_id) == 22  # Kafka's topic UUID in its base64 form
+    _served(settings, [topic, settings.model_topic, settings.catalog_topic])
     with running_worker(settings) as worker:
         produce_events(settings, [event("erin", f"item-{n}") for n in range(5)])
         wait_until(lambda: worker.stats.processed == 5)
@@ -53,6 +74,7 @@ def test_a_known_users_events_in_a_recreated_topic_are_all_applied(
         raise AssertionError(f"could not recreate {topic}: {error}") from error
     new_id = ids.topic_id(topic)  # retried while the broker cannot describe it yet
     assert new_id not in ("", old_id)
+    _served(settings, [topic])
 
     with caplog.at_level(logging.INFO, logger="tailor.worker"), running_worker(settings) as worker:
         produce_events(settings, [event("erin", f"item-{n}") for n in (5, 6, 7)])
