@@ -93,13 +93,13 @@ class World:
         self.offsets[partition] += 1
         return Envelope(event, partition, offset)
 
-    def process(self, batch: Sequence[Envelope]) -> BatchResult:
+    def process(self, batch: Sequence[Envelope], topic_id: str = "") -> BatchResult:
         """Read states, process, and store the writes and erasures as the loop would."""
         users = {envelope.event.user_id for envelope in batch}
         read: dict[str, UserState | None] = {
             user: _stored(self.states[user]) if user in self.states else None for user in users
         }
-        result = self.rec.process(batch, read, now=T0 + timedelta(days=1))
+        result = self.rec.process(batch, read, now=T0 + timedelta(days=1), topic_id=topic_id)
         for user in result.erased:
             self.states.pop(user, None)
         for write in result.writes:
@@ -247,6 +247,36 @@ def test_offsets_are_tracked_per_partition() -> None:
     assert world.states["u"].offsets == {0: 100, 1: 0}
     assert world.states["u"].events == 2
     assert world.process([first, other]).replayed == 2
+
+
+def test_a_recreated_topic_voids_the_old_offsets_and_applies_every_new_event() -> None:
+    world = _world()
+    old = _clicks(world, "u", ["A00", "A01", "A02", "A03", "A04"])
+    assert world.process(old, topic_id="topic-1").applied == 5
+    assert world.states["u"].topic_id == "topic-1"
+    world.offsets.clear()  # the topic deleted and created again: offsets restart at 0
+    new = _clicks(world, "u", ["B00", "B01", "B02"], start=200.0)
+    result = world.process(new, topic_id="topic-2")
+    assert (result.applied, result.replayed, result.voided) == (3, 0, 1)
+    state = world.states["u"]
+    assert state.topic_id == "topic-2"
+    assert state.offsets == {0: 2}
+    assert state.events == 8  # history kept: only the offsets were void
+    assert [i.item_id for i in state.recent][-3:] == ["B00", "B01", "B02"]
+    again = world.process(new, topic_id="topic-2")  # and the new offsets guard replays
+    assert (again.applied, again.replayed, again.voided) == (0, 3, 0)
+
+
+@pytest.mark.parametrize(
+    ("stored", "batch"), [("topic-1", "topic-1"), ("", "topic-2"), ("topic-1", "")]
+)
+def test_offsets_of_the_same_or_an_unknown_topic_id_still_guard(stored: str, batch: str) -> None:
+    world = _world()
+    events = _clicks(world, "u", ["A00", "A01", "A02"])
+    world.process(events, topic_id=stored)
+    result = world.process(events, topic_id=batch)
+    assert (result.applied, result.replayed, result.voided) == (0, 3, 0)
+    assert world.states["u"].topic_id == stored
 
 
 # -- (c) forget -------------------------------------------------------------------------

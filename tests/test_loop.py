@@ -251,3 +251,56 @@ def test_a_missing_topic_is_logged_with_the_command_that_makes_it(
         "Kafka: Subscribed topic not available: tailor.events: Broker: Unknown topic or "
         "partition; `tailor topics create` makes Tailor's topics"
     ]
+
+
+def test_a_recreated_events_topic_voids_the_old_offsets_and_applies_every_new_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13: after a delete and recreate, a known user's new events (offsets from 0
+    again) were all counted as replayed and none applied."""
+    cluster = Cluster()
+    worker = cluster.worker()
+    old_id = worker.topic_id
+    assert old_id == cluster.kafka.topic_id(cluster.settings.events_topic)
+    for item in ITEMS[:5]:
+        cluster.send("dee", item)
+    drain(worker)
+    assert cluster.states.states["dee"].topic_id == old_id
+    cluster.kafka.recreate(cluster.settings.events_topic)
+    for item in ITEMS[:3]:
+        cluster.send("dee", item)
+    with caplog.at_level(logging.WARNING, logger="tailor.worker"):
+        drain(worker)
+    assert worker.topic_id not in ("", old_id)
+    assert cluster.events_applied("dee") == 8
+    assert (worker.stats.replayed, worker.stats.voided) == (0, 1)
+    assert cluster.states.states["dee"].topic_id == worker.topic_id
+    sample = worker.metrics.registry.get_sample_value
+    assert sample("tailor_offsets_voided_total") == 1
+    assert sample("tailor_model_offsets_voided_total") == 1
+    assert worker.recommender.totals.events == 8  # the models learned the new events too
+    later = cluster.worker()  # reads the log: the old topic's deltas, then the new one's
+    drain(worker, later)
+    assert later.recommender.totals.events == 8
+    assert worker.sync is not None
+    assert later.sync is not None
+    assert worker.sync.consistent
+    assert later.sync.consistent
+    # the later worker's models, restored from before the recreate, void theirs on the
+    # first delta of the new topic: one line of its own
+    assert later.metrics.registry.get_sample_value("tailor_model_offsets_voided_total") == 1
+    topic = cluster.settings.events_topic
+    voids = [m for m in caplog.messages if "void" in m]
+    assert voids.pop().startswith(
+        f"shared models: their offsets of events topic id {old_id} are void, model delta "
+    )
+    assert voids == [
+        f"events topic {topic} has a new id {worker.topic_id} (was {old_id}): it was deleted "
+        "and recreated; users' offsets of the old one are void",
+        f"shared models: their offsets of events topic id {old_id} are void, this batch is of "
+        f"id {worker.topic_id} (the topic was deleted and recreated, or another cluster)",
+        f"offsets of 1 users void: stored for another id of events topic "
+        f"{cluster.settings.events_topic} (deleted and recreated, or another cluster); their "
+        f"events of topic id {worker.topic_id} applied",
+    ]
+    worker.close()

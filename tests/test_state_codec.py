@@ -10,6 +10,7 @@ import numpy as np
 
 from worker.state.user import (
     OFFSET_FIELD_PREFIX,
+    TOPIC_ID_FIELD,
     Interaction,
     UserState,
     decode_user,
@@ -32,6 +33,7 @@ def _state() -> UserState:
         events=42,
         last_seen=1_764_062_900.123456,
         offsets={0: 17, 3: 1_000_000_000_001},
+        topic_id="k3bFq1ZQSjG5WxV3cX9tZw",
     )
 
 
@@ -55,6 +57,7 @@ def test_round_trip() -> None:
     assert decoded.events == 42
     assert decoded.last_seen == state.last_seen
     assert decoded.offsets == {0: 17, 3: 1_000_000_000_001}
+    assert decoded.topic_id == "k3bFq1ZQSjG5WxV3cX9tZw"
 
 
 def test_vector_is_stored_as_float32_bytes() -> None:
@@ -114,3 +117,36 @@ def test_remember_bounds_the_recent_window() -> None:
     assert [i.item_id for i in state.recent] == ["i7", "i8", "i9"]
     state.remember(Interaction("i10", "view", 10.0), window=1)
     assert [i.item_id for i in state.recent] == ["i10"]
+
+
+def test_topic_id_is_one_small_field_and_absent_when_unknown() -> None:
+    state = _state()
+    assert encode_user(state)[TOPIC_ID_FIELD] == b"k3bFq1ZQSjG5WxV3cX9tZw"
+    state.topic_id = ""
+    assert TOPIC_ID_FIELD not in encode_user(state)
+
+
+def test_a_state_written_before_topic_ids_has_none() -> None:
+    decoded = decode_user("u", {b"o:2": b"5", b"n": b"3"}, DIM)
+    assert decoded is not None
+    assert decoded.topic_id == ""
+
+
+def test_offsets_of_another_topic_id_are_void_and_the_rest_is_kept() -> None:
+    state = _state()
+    assert state.adopt_topic("another-id")
+    assert state.offsets == {}
+    assert state.topic_id == "another-id"
+    assert (state.events, len(state.recent)) == (42, 2)
+    assert not state.already_applied(0, 0)
+
+
+def test_same_or_unknown_topic_ids_keep_the_offsets() -> None:
+    state = _state()
+    assert not state.adopt_topic(state.topic_id)
+    assert not state.adopt_topic("")  # the batch's id unknown: nothing to compare
+    assert state.offsets == {0: 17, 3: 1_000_000_000_001}
+    state.topic_id = ""  # stored before ids were kept: an upgrade must not void it
+    assert not state.adopt_topic("k3bFq1ZQSjG5WxV3cX9tZw")
+    assert state.offsets == {0: 17, 3: 1_000_000_000_001}
+    assert state.topic_id == "k3bFq1ZQSjG5WxV3cX9tZw"

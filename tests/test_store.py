@@ -1,4 +1,8 @@
-"""The Redis store against the real Redis server: layout, offset guard, TTL, erasure."""
+"""The Redis store against the real Redis server: layout, offset guard, TTL, erasure.
+
+The offset guard's topic-id rule runs on both stores, Redis and the in-memory one of
+:mod:`worker.testing` that the loop tests and the harness use: they must agree.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import pytest
 import redis
 
 from worker.config import Settings
-from worker.state.store import StoreUnavailable, UserStore
+from worker.state.store import StateStore, StoreUnavailable, UserStore
 from worker.state.user import Interaction, UserState, UserWrite
+from worker.testing import MemoryStates
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +32,18 @@ def store(redis_url: str) -> UserStore:
     return UserStore(redis.Redis.from_url(redis_url), settings)
 
 
-def _state(user: str, offset: int, events: int = 1) -> UserState:
+@pytest.fixture(params=["redis", "memory"])
+def either(request: pytest.FixtureRequest) -> StateStore:
+    """The Redis store, then the in-memory one that mirrors its guard."""
+    if request.param == "memory":
+        return MemoryStates()
+    redis_store: UserStore = request.getfixturevalue("store")
+    return redis_store
+
+
+def _state(
+    user: str, offset: int, events: int = 1, topic: str = "", offsets: dict[int, int] | None = None
+) -> UserState:
     return UserState(
         user_id=user,
         vector=np.arange(4, dtype=np.float32),
@@ -35,7 +51,8 @@ def _state(user: str, offset: int, events: int = 1) -> UserState:
         last_list=["i2", "i3"],
         events=events,
         last_seen=1.0,
-        offsets={0: offset},
+        offsets={0: offset} if offsets is None else offsets,
+        topic_id=topic,
     )
 
 
@@ -119,3 +136,34 @@ def test_writes_survive_a_flushed_script_cache(store: UserStore) -> None:
     state = store.read(["s"])["s"]
     assert state is not None
     assert state.events == 2
+
+
+def test_offsets_of_another_topic_id_guard_nothing_and_are_dropped(either: StateStore) -> None:
+    assert either.write([UserWrite(_state("r", 0, 7, "topic-1", {0: 40, 1: 9}))]).written == 1
+    recreated = _state("r", 0, 8, "topic-2")  # offsets restart at 0 in the new topic
+    assert either.write([UserWrite(recreated)]).written == 1
+    state = either.read(["r"])["r"]
+    assert state is not None
+    assert (state.topic_id, state.offsets, state.events) == ("topic-2", {0: 0}, 8)
+    assert either.write([UserWrite(_state("r", 0, 9, "topic-2"))]).stale == 1  # guards again
+    assert either.write([UserWrite(_state("r", 1, 9, "topic-2"))]).written == 1
+
+
+@pytest.mark.parametrize(("stored", "written"), [("topic-1", "topic-1"), ("", "topic-2")])
+def test_offsets_of_the_same_or_an_unknown_topic_id_guard(
+    either: StateStore, stored: str, written: str
+) -> None:
+    either.write([UserWrite(_state("k", 10, 3, stored))])
+    assert either.write([UserWrite(_state("k", 10, 99, written))]).stale == 1
+    state = either.read(["k"])["k"]
+    assert state is not None
+    assert (state.topic_id, state.events) == (stored, 3)
+
+
+def test_a_write_without_a_topic_id_keeps_the_stored_one(either: StateStore) -> None:
+    either.write([UserWrite(_state("w", 10, 3, "topic-1"))])
+    assert either.write([UserWrite(_state("w", 9, 4, ""))]).stale == 1
+    assert either.write([UserWrite(_state("w", 11, 4, ""))]).written == 1
+    state = either.read(["w"])["w"]
+    assert state is not None
+    assert (state.topic_id, state.offsets) == ("topic-1", {0: 11})

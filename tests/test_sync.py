@@ -575,3 +575,56 @@ def test_the_taker_checkpoints_exactly_what_the_log_holds(zombie: Zombie) -> Non
     sync.catch_up()
     assert started.totals == zombie.reader.totals
     assert started.contributed == zombie.reader.contributed
+
+
+def _clicks_on(
+    partition: int, offsets: range, user: str = "user-secret-recreated"
+) -> list[Envelope]:
+    """Clicks of one user at ``offsets`` of ``partition``."""
+    return [
+        Envelope(
+            Event.model_validate(
+                {
+                    "event_id": f"ev-{partition}-{offset}-{user}",
+                    "user_id": user,
+                    "item_id": ITEMS[offset % len(ITEMS)],
+                    "type": EventType.CLICK,
+                    "timestamp": T0 + timedelta(minutes=offset),
+                    "context": Context(country="NL", device="web"),
+                }
+            ),
+            partition,
+            offset,
+        )
+        for offset in offsets
+    ]
+
+
+def test_a_recreated_events_topic_voids_what_the_models_count_in_every_copy() -> None:
+    """Offsets restart at 0 in a recreated topic: without the topic id the models took
+    its events for ones they held (learning nothing) and its deltas for duplicates."""
+    maker = Recommender(SETTINGS, origin="maker")
+    reader = Recommender(SETTINGS, origin="reader")
+    shared, metrics = MemoryModelLog(), Metrics()
+    sync = ModelSync(
+        reader, shared.reader(STILL), MemoryCheckpoints(STILL), 3600, metrics=metrics, clock=STILL
+    )
+    old = maker.process(_clicks_on(0, range(5)), {}, topic_id="topic-1")
+    new = maker.process(_clicks_on(0, range(3)), {}, topic_id="topic-2")
+    assert (old.models_voided, new.models_voided) == ("", "topic-1")
+    assert new.delta is not None
+    assert old.delta is not None
+    assert (new.delta.topic_id, new.delta.positions) == ("topic-2", {0: (0, 2)})
+    assert (maker.totals.events, maker.contributed) == (8, {0: 2})
+    for delta in (old.delta, new.delta):
+        shared.records.append((encode_delta(delta), 0.0, delta.origin))
+    assert sync.catch_up() == 2
+    assert (reader.totals.events, reader.contributed) == (8, {0: 2})
+    assert reader.contributed_topic == "topic-2"
+    assert sync.consistent  # the log's own count agrees
+    assert metrics.registry.get_sample_value("tailor_model_offsets_voided_total") == 1
+    assert reader.apply_delta(new.delta) == "duplicate"  # the new offsets count again
+    older = dataclasses.replace(old.delta, topic_id="")  # a delta of a worker without ids
+    assert reader.apply_delta(older) == "refused"  # judged against the offsets held
+    restored = decode_checkpoint(encode_checkpoint(reader, sync.position), Recommender(SETTINGS))
+    assert (restored.contributed_topic, restored.contributed) == ("topic-2", {0: 2})

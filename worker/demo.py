@@ -49,6 +49,15 @@ class DemoOptions:
     timeout_s: float = 60.0
 
 
+class _NoTopicIds:
+    """Topic ids for the demo: none. librdkafka's mock cluster has no controller to
+    describe topics (``describe_topics`` would time out at every assignment), and the
+    demo never deletes and recreates a topic."""
+
+    def topic_id(self, topic: str) -> str:
+        return ""
+
+
 def start_mock_cluster() -> tuple[Producer, str]:
     """A librdkafka mock cluster; other clients reach it at the address it reports."""
     owner = Producer({"test.mock.num.brokers": 1, "client.id": "tailor-demo-mock"})
@@ -86,7 +95,13 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> int:
     console.print(
         f"metrics: [cyan]http://127.0.0.1:{server.port}/metrics[/cyan] (and /healthz, /readyz)"
     )
-    worker = Worker(settings, redis_client=fakeredis.FakeRedis(), metrics=metrics, health=health)
+    worker = Worker(
+        settings,
+        redis_client=fakeredis.FakeRedis(),
+        metrics=metrics,
+        health=health,
+        topic_ids=_NoTopicIds(),
+    )
     worker.start(catalog_timeout_s=15)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="tailor-worker", daemon=True)

@@ -39,13 +39,14 @@ from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBa
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
     KafkaCatalogFeed,
+    KafkaTopicIds,
     KafkaUnavailable,
     check_kafka,
     make_consumer,
     make_producer,
 )
 from worker.transport.model_log import KafkaModelLog
-from worker.transport.ports import CatalogFeed, EventSource, Incoming, OutputSink
+from worker.transport.ports import CatalogFeed, EventSource, Incoming, OutputSink, TopicIds
 
 __all__ = ["CLOSE_FLUSH_TIMEOUT_S", "Worker", "WorkerStats"]
 
@@ -67,6 +68,7 @@ class WorkerStats:
     consumed: int = 0
     processed: int = 0
     replayed: int = 0
+    voided: int = 0  # users whose offsets were of another events topic id
     dead_lettered: int = 0
     published: int = 0
     erased: int = 0
@@ -88,12 +90,15 @@ class Worker:
         sink: OutputSink | None = None,
         dead_letter_sink: OutputSink | None = None,
         catalog_feed: CatalogFeed | None = None,
+        topic_ids: TopicIds | None = None,
     ) -> None:
         """Collaborators default to the real ones (Kafka, Redis, the model topic); tests
         hand in the in-memory ones of :mod:`worker.testing` and run the same loop.
 
         ``source`` (the events topic), ``sink`` (lists) and ``dead_letter_sink`` default
-        to one confluent-kafka consumer and one producer, used as they are.
+        to one confluent-kafka consumer and one producer, used as they are. ``topic_ids``
+        defaults to Kafka's admin API with the real source, else to ``source`` itself if
+        it tells topic ids, else to none (every batch's topic id unknown).
         """
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -127,6 +132,12 @@ class Worker:
             settings, error_cb=self._on_kafka_error, stats_cb=self._on_stats
         )
         self.catalog_feed: CatalogFeed = catalog_feed or KafkaCatalogFeed(settings)
+        self.topic_ids: TopicIds | None = topic_ids
+        if topic_ids is None and self._on_kafka:
+            self.topic_ids = KafkaTopicIds(settings)
+        elif topic_ids is None and isinstance(source, TopicIds):
+            self.topic_ids = source
+        self.topic_id = ""  # the events topic's id, learned at start and on each assignment
         self.tracker = DeliveryTracker(self._store_offsets)
         self._skew = timedelta(seconds=settings.max_future_skew_s)
         self._recent_ids = RecentEventIds(settings.dedup_window)
@@ -148,6 +159,7 @@ class Worker:
         loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
         log.info("catalog: %d items from %d partition(s)", loaded, partitions)
         self._catch_up_models(kafka_timeout_s)
+        self._learn_topic_id()
         freeze_startup_objects()
         self.consumer.subscribe(
             [self.settings.events_topic],
@@ -163,6 +175,28 @@ class Worker:
             self.settings.group_id,
             self.settings.recommendations_topic,
         )
+
+    def _learn_topic_id(self) -> None:
+        """Ask the events topic's id: user offsets stored under another one are void.
+
+        When it cannot be learned the id is unknown (""), not the previous one: after a
+        recreate the previous id would void offsets written under the new one.
+        """
+        if self.topic_ids is None:
+            return
+        topic = self.settings.events_topic
+        learned = self.topic_ids.topic_id(topic)
+        if learned and self.topic_id and learned != self.topic_id:
+            log.warning(
+                "events topic %s has a new id %s (was %s): it was deleted and recreated; "
+                "users' offsets of the old one are void",
+                topic,
+                learned,
+                self.topic_id,
+            )
+        elif learned and learned != self.topic_id:
+            log.info("events topic %s has id %s", topic, learned)
+        self.topic_id = learned
 
     def _restore_models(self) -> None:
         """Install the newest readable model checkpoint, before the catalog: it fixes the
@@ -280,7 +314,7 @@ class Worker:
         users = list(dict.fromkeys(envelope.event.user_id for envelope in envelopes))
         states = self._with_redis(lambda: self.store.read(users))
         lessons_before = self.recommender.ranker.updates
-        result = self.recommender.process(envelopes, states)
+        result = self.recommender.process(envelopes, states, topic_id=self.topic_id)
         self.metrics.ranker_lessons.inc(self.recommender.ranker.updates - lessons_before)
         stale = self._complete(result, letters, next_offsets, sent_at)
         self._account(len(messages), result, len(letters), stale, started)
@@ -457,6 +491,7 @@ class Worker:
         stats.consumed += consumed
         stats.processed += result.applied
         stats.replayed += result.replayed
+        stats.voided += result.voided
         stats.dead_lettered += letters
         stats.erased += len(result.erased)
         metrics.consumed.labels(self.settings.events_topic).inc(consumed)
@@ -464,11 +499,28 @@ class Worker:
         metrics.replayed.inc(result.replayed)
         metrics.erased.inc(len(result.erased))
         metrics.stale_writes.inc(stale)
+        metrics.offsets_voided.inc(result.voided)
         metrics.batch_size.observe(consumed)
         metrics.batch_seconds.observe(time.perf_counter() - started)
         if stale:
             log.warning(
                 "%d user writes refused by the offset guard (another writer was ahead)", stale
+            )
+        if result.models_voided:
+            metrics.model_offsets_voided.inc()
+            log.warning(
+                "shared models: their offsets of events topic id %s are void, this batch is "
+                "of id %s (the topic was deleted and recreated, or another cluster)",
+                result.models_voided,
+                self.topic_id,
+            )
+        if result.voided:
+            log.warning(
+                "offsets of %d users void: stored for another id of events topic %s (deleted "
+                "and recreated, or another cluster); their events of topic id %s applied",
+                result.voided,
+                self.settings.events_topic,
+                self.topic_id,
             )
 
     # -- catalog ----------------------------------------------------------------------
@@ -535,6 +587,8 @@ class Worker:
         models already hold."""
         log.info("assigned %s", _describe(partitions))
         self.metrics.clear_lag()
+        if partitions:
+            self._learn_topic_id()
         if self.sync is not None and partitions:
             self.sync.catch_up(self.settings.outage_timeout_s)
 

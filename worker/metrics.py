@@ -103,6 +103,18 @@ class Metrics:
             "User writes refused because a newer offset was already applied",
             registry=r,
         )
+        self.offsets_voided = Counter(
+            "tailor_offsets_voided",
+            "Users whose stored offsets were of another id of the events topic (deleted and "
+            "recreated, or another cluster) and were dropped instead of skipping events",
+            registry=r,
+        )
+        self.model_offsets_voided = Counter(
+            "tailor_model_offsets_voided",
+            "Times the shared models' offsets were of another id of the events topic and "
+            "were dropped, so its events and deltas count afresh",
+            registry=r,
+        )
 
         self.model_deltas = Counter(
             "tailor_model_deltas",

@@ -49,7 +49,8 @@ class MemoryStates:
         """Always reachable."""
 
     def write(self, writes: Sequence[UserWrite]) -> WriteOutcome:
-        """Each user's state, guarded by its offsets as the Redis script guards it."""
+        """Each user's state, guarded by its offsets as the Redis script guards it: offsets
+        held under another known topic id are void and guard nothing."""
         stale = 0
         for write in writes:
             state = write.state
@@ -57,6 +58,7 @@ class MemoryStates:
             if (
                 held is not None
                 and not write.erase_first
+                and not (held.topic_id and state.topic_id and held.topic_id != state.topic_id)
                 and any(
                     offset <= held.offsets.get(partition, -1)
                     for partition, offset in state.offsets.items()
@@ -64,7 +66,11 @@ class MemoryStates:
             ):
                 stale += 1
                 continue
-            self.states[state.user_id] = _copy(state)  # type: ignore[assignment]
+            kept = _copy(state)
+            assert kept is not None
+            if held is not None and not write.erase_first and not kept.topic_id:
+                kept.topic_id = held.topic_id  # the script leaves the stored id as it is
+            self.states[state.user_id] = kept
         return WriteOutcome(written=len(writes) - stale, stale=stale)
 
     def erase(self, user_ids: Sequence[str]) -> int:
@@ -228,10 +234,32 @@ class MemoryKafka:
         self.committed: dict[tuple[str, int], int] = {}
         self.members: list[MemorySource] = []
         self.generation = 0
+        self.topic_ids: dict[str, str] = {}
+        self._created = 0
 
     def topic(self, name: str) -> list[list[MemoryMessage]]:
         """The partitions of topic ``name`` (created on first use)."""
+        if name not in self.topics:
+            self._created += 1
+            self.topic_ids[name] = f"memory-topic-{self._created}"
         return self.topics.setdefault(name, [[] for _ in range(self.partitions)])
+
+    def topic_id(self, name: str) -> str:
+        """The id of topic ``name`` (a :class:`~worker.transport.ports.TopicIds`), new for
+        every creation as Kafka's topic UUID is."""
+        self.topic(name)
+        return self.topic_ids[name]
+
+    def recreate(self, name: str) -> None:
+        """Delete topic ``name`` and create it again: empty, with a new id, and with the
+        group's committed offsets gone, as Kafka drops them with a deleted topic. The
+        members revoke and are assigned again on their next ``consume``."""
+        self.topics.pop(name, None)
+        self.committed = {key: o for key, o in self.committed.items() if key[0] != name}
+        for member in self.members:
+            member.stored.clear()
+        self.topic(name)
+        self.generation += 1
 
     def append(
         self,
@@ -324,6 +352,10 @@ class MemorySource:
         if not out and timeout > 0:
             time.sleep(timeout)
         return out
+
+    def topic_id(self, topic: str) -> str:
+        """The topic's current id (a :class:`~worker.transport.ports.TopicIds`)."""
+        return self.kafka.topic_id(topic)
 
     def poll(self, timeout: float = -1) -> MemoryMessage | None:
         messages = self.consume(1, timeout)

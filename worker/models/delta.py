@@ -8,8 +8,9 @@ a copy after a restart (docs/models.md).
 
 A delta names items by id (rows are each worker's own numbering) and holds no user id:
 sessions are opaque tokens, ranker lessons are feature differences. It carries its
-``positions`` (per event partition, the offsets of the events it reflects), which is what
-makes it count once: see :meth:`worker.recommend.core.Recommender.apply_delta`.
+``positions`` (per event partition, the offsets of the events it reflects) and the id of
+the events topic they are of, which is what makes it count once: see
+:meth:`worker.recommend.core.Recommender.apply_delta`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class ModelDelta:
     batch: int  # that process's batch serial
     #: event partition -> (first, last) offset of the events reflected
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: id of the events topic those offsets are of ("" unknown: a delta of an older worker)
+    topic_id: str = ""
     items: list[str] = field(default_factory=list)
     events: int = 0  # events reflected (what the fault suite totals)
     # popularity: one entry per event (weight, event time)
@@ -114,6 +117,7 @@ def encode_delta(delta: ModelDelta) -> bytes:
         "origin": delta.origin,
         "batch": delta.batch,
         "positions": {str(p): list(span) for p, span in delta.positions.items()},
+        "topic_id": delta.topic_id,
         "items": delta.items,
         "events": delta.events,
         "segment_keys": delta.segment_keys,
@@ -131,6 +135,7 @@ def decode_delta(data: bytes) -> ModelDelta:
             origin=str(meta["origin"]),
             batch=int(meta["batch"]),
             positions={int(p): (int(a), int(b)) for p, (a, b) in meta["positions"].items()},
+            topic_id=str(meta.get("topic_id", "")),
             items=[str(item) for item in meta["items"]],
             events=int(meta["events"]),
             segment_keys=[str(key) for key in meta["segment_keys"]],
@@ -190,6 +195,7 @@ class DeltaBuilder:
 
     def __init__(self) -> None:
         self.positions: dict[int, tuple[int, int]] = {}
+        self.topic_id = ""
         self.events = 0
         self.trend: tuple[list[int], list[float], list[float]] = ([], [], [])
         self.segment_counts: dict[tuple[str, int], int] = {}
@@ -248,6 +254,7 @@ class DeltaBuilder:
             origin=origin,
             batch=batch,
             positions=dict(self.positions),
+            topic_id=self.topic_id,
             items=[item_ids[row] for row in table.tolist()],
             events=self.events,
             trend_item=local(trend_rows.astype(np.int64)),

@@ -8,7 +8,8 @@ feed it a log). One code path, so what is measured is what runs.
 A micro-batch is handled in three steps:
 
 1. **sort out** the events per user: drop those at or below the user's applied offset
-   (a replay after a crash changes nothing), and honour ``forget`` requests;
+   (a replay after a crash changes nothing), unless the offset was of another id of the
+   events topic (deleted and recreated: void), and honour ``forget`` requests;
 2. **learn** from all fresh events at once: the ranker (from what the user did after the
    previous list), trending, co-visitation and taste vectors (vectorised over the batch);
 3. **recommend** for every touched user: candidates -> features -> ranker -> filters ->
@@ -43,7 +44,7 @@ from worker.recommend.candidates import Candidates, UserContext, gather_candidat
 from worker.recommend.context import ModelContext
 from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
-from worker.state.user import Interaction, UserState, UserWrite
+from worker.state.user import Interaction, UserState, UserWrite, other_topic
 
 __all__ = [
     "BatchResult",
@@ -133,6 +134,11 @@ class BatchResult:
     erased: list[str] = field(default_factory=list)
     replayed: int = 0  # events already applied before (skipped: exactly once)
     applied: int = 0
+    #: users whose stored offsets were of another events topic id, and so were dropped
+    voided: int = 0
+    #: the events topic id the shared models' offsets (:attr:`Recommender.contributed`)
+    #: were of, when that was another one than the batch's and they were dropped
+    models_voided: str = ""
     #: what the shared models learned from this batch, for the other workers (None: nothing)
     delta: ModelDelta | None = None
 
@@ -207,8 +213,10 @@ class Recommender:
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
         self._category_cache_version = -_CATEGORY_CACHE_REFRESHES
-        #: event partition -> the last offset the shared models reflect (see apply_delta)
+        #: event partition -> the last offset the shared models reflect (see apply_delta),
+        #: in the events topic of id ``contributed_topic`` ("" unknown)
         self.contributed: dict[int, int] = {}
+        self.contributed_topic = ""
         self.origin = origin
         self.batches = 0
         self.totals = ModelTotals()
@@ -254,11 +262,19 @@ class Recommender:
         batch: Sequence[Envelope],
         states: Mapping[str, UserState | None],
         now: datetime | None = None,
+        topic_id: str = "",
     ) -> BatchResult:
-        """Learn from ``batch`` and return every touched user's new state and list."""
+        """Learn from ``batch`` and return every touched user's new state and list.
+
+        ``topic_id`` is the id of the events topic the whole batch was read from ("" when
+        unknown); one per batch, since offsets compare only within one topic id.
+        """
         result = BatchResult()
+        counted_topic = self.contributed_topic
+        if self.adopt_topic(topic_id):
+            result.models_voided = counted_topic
         forgotten: list[int] = []  # session tokens of users erased by this batch
-        users = self._sort_out(batch, states, result, forgotten)
+        users = self._sort_out(batch, states, result, forgotten, topic_id)
         forgets = [e for e in batch if e.event.type is EventType.FORGET]
         result.delta = self._learn(users, forgets, forgotten)
         generated_at = now or datetime.now(UTC)
@@ -286,6 +302,7 @@ class Recommender:
         states: Mapping[str, UserState | None],
         result: BatchResult,
         forgotten: list[int],
+        topic_id: str,
     ) -> dict[str, _UserBatch]:
         grouped: dict[str, list[Envelope]] = {}
         for envelope in batch:
@@ -308,6 +325,7 @@ class Recommender:
                     continue
             if state is None:
                 state = UserState(user_id=user_id, vector=self.taste.new_user(user_id))
+            result.voided += state.adopt_topic(topic_id)
             fresh = [e for e in envelopes if not state.already_applied(e.partition, e.offset)]
             result.replayed += len(envelopes) - len(fresh)
             shared = [e.offset > self.contributed.get(e.partition, -1) for e in fresh]
@@ -338,6 +356,7 @@ class Recommender:
         gap = settings.covis_session_gap_s
         taste_on = settings.part_on("taste")
         builder = DeltaBuilder()
+        builder.topic_id = self.contributed_topic
         builder.lessons = self._ranker_lessons(users)
         builder.forgotten = forgotten
         for envelope in forgets:
@@ -433,18 +452,36 @@ class Recommender:
         reflect. One wholly behind is a ``duplicate`` (a worker's own deltas read back
         after a restart from a checkpoint that already held them); one that overlaps is
         ``refused`` (a batch redone after a crash, or a worker that lost its partitions
-        still publishing): every copy decides alike, so they stay in step.
+        still publishing): every copy decides alike, so they stay in step. A delta of
+        another events topic id finds what the models reflect void (:meth:`adopt_topic`).
         """
-        outcome = judge_delta(delta.positions, self.contributed)
+        other = other_topic(self.contributed_topic, delta.topic_id)
+        outcome = judge_delta(delta.positions, {} if other else self.contributed)
         if outcome != "applied":
             return outcome
         if delta.lessons.size and delta.lessons.shape[1] != len(FEATURES):
             raise ValueError(
                 f"ranker lessons with {delta.lessons.shape[1]} features, not {len(FEATURES)}"
             )
+        self.adopt_topic(delta.topic_id)
         row = self.index.row
         self._apply(delta, np.array([row(item) for item in delta.items], dtype=np.int64))
         return "applied"
+
+    def adopt_topic(self, topic_id: str) -> bool:
+        """Make :attr:`contributed` offsets of topic ``topic_id``; True when they were of
+        another id and were dropped.
+
+        The same rule as a user's offsets (:meth:`UserState.adopt_topic`): a recreated
+        events topic numbers from 0 again, and its events must not be taken for ones the
+        models already hold, nor its deltas for duplicates.
+        """
+        other = other_topic(self.contributed_topic, topic_id)
+        if other:
+            self.contributed.clear()
+        if topic_id:
+            self.contributed_topic = topic_id
+        return other
 
     def _apply(self, delta: ModelDelta, table: IntArray) -> None:
         """Learn ``delta`` (own or another worker's): the one way shared models change.

@@ -7,7 +7,8 @@ atomically. Every key gets the idle TTL on each write.
 Reads and writes are chunked pipelines: one round trip per micro-batch (per chunk of
 ``redis_chunk_size`` commands), never one per event. Writes go through a Lua script that
 refuses a write whose Kafka offsets are at or below the ones already applied, so a batch
-replayed after a crash or a rebalance cannot apply a user's events twice.
+replayed after a crash or a rebalance cannot apply a user's events twice; offsets stored
+under another id of the events topic (deleted and recreated) are dropped instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from worker.config import ENV_PREFIX, Settings
 from worker.redaction import redacted_url
 from worker.state.user import (
     OFFSET_FIELD_PREFIX,
+    TOPIC_ID_FIELD,
     UserState,
     UserWrite,
     decode_user,
@@ -47,23 +49,36 @@ __all__ = [
 
 # KEYS[1] = the user's hash
 # ARGV[1] = idle TTL (s); ARGV[2] = "1" to erase the user first (a forget in this batch)
-# ARGV[3] = n, then n pairs (offset field, offset), then (field, value) pairs of the state
+# ARGV[3] = the events topic id the offsets belong to ("" when unknown)
+# ARGV[4] = n, then n pairs (offset field, offset), then (field, value) pairs of the state
+# Offsets (fields o:*) stored under another topic id (field i) are void: they are deleted
+# instead of guarding, since a recreated topic numbers its messages from 0 again.
 _GUARDED_WRITE = """
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 if ARGV[2] == '1' then
   redis.call('DEL', KEYS[1])
 else
-  for i = 0, n - 1 do
-    local applied = redis.call('HGET', KEYS[1], ARGV[4 + 2 * i])
-    if applied and tonumber(applied) >= tonumber(ARGV[5 + 2 * i]) then
-      return 0
+  local topic = redis.call('HGET', KEYS[1], 'i')
+  if topic and ARGV[3] ~= '' and topic ~= ARGV[3] then
+    for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+      if string.sub(name, 1, 2) == 'o:' then
+        redis.call('HDEL', KEYS[1], name)
+      end
+    end
+  else
+    for i = 0, n - 1 do
+      local applied = redis.call('HGET', KEYS[1], ARGV[5 + 2 * i])
+      if applied and tonumber(applied) >= tonumber(ARGV[6 + 2 * i]) then
+        return 0
+      end
     end
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
+assert (TOPIC_ID_FIELD, OFFSET_FIELD_PREFIX) == ("i", "o:"), "the script names both fields"
 
 
 class StateStore(Protocol):
@@ -259,7 +274,14 @@ class UserStore:
                 for value in (f"{OFFSET_FIELD_PREFIX}{partition}", offset)
             ]
             fields = [value for pair in encode_user(state).items() for value in pair]
-            args = [self.ttl_s, int(write.erase_first), len(state.offsets), *offsets, *fields]
+            args = [
+                self.ttl_s,
+                int(write.erase_first),
+                state.topic_id,
+                len(state.offsets),
+                *offsets,
+                *fields,
+            ]
             pipe.evalsha(self._write_sha, 1, self.key(state.user_id), *args)
         return pipe
 

@@ -2,8 +2,9 @@
 
 Everything here is bounded: a fixed-size float32 taste vector, at most ``recent_window``
 recent interactions, at most K items of the last published list, a few counters, and the
-Kafka offsets already applied (one per partition the user's events came from). Nothing
-from the event's free-form context is kept: only item ids, types and times.
+Kafka offsets already applied (one per partition the user's events came from) with the id
+of the events topic they belong to. Nothing from the event's free-form context is kept:
+only item ids, types and times.
 """
 
 from __future__ import annotations
@@ -17,21 +18,38 @@ import orjson
 __all__ = [
     "OFFSET_FIELD_PREFIX",
     "SESSIONS_PER_USER",
+    "TOPIC_ID_FIELD",
     "Interaction",
     "UserState",
     "UserWrite",
     "decode_user",
     "encode_user",
+    "other_topic",
 ]
 
 F32 = npt.NDArray[np.float32]
 
 #: Hash fields ``o:<partition>`` hold the last Kafka offset applied from that partition.
 OFFSET_FIELD_PREFIX = "o:"
+#: Hash field holding the events topic's id (Kafka's topic UUID, 22 base64 characters)
+#: that the ``o:`` offsets were read from. Offsets count positions in one topic only: once
+#: the topic is deleted and recreated (or the cluster migrated), offsets restart at 0 and
+#: the old ones would make every new event look like a replay.
+TOPIC_ID_FIELD = "i"
 #: Tokens of a user's latest sessions kept in their state, so that a ``forget`` can drop
 #: them from the shared similar-sessions model (which itself knows no users). Older
 #: sessions than these have usually left the model's ring already (docs/models.md).
 SESSIONS_PER_USER = 16
+
+
+def other_topic(held: str, given: str) -> bool:
+    """Whether offsets kept under topic id ``held`` are void for events of ``given``.
+
+    Only two known, different ids say so: an unknown id ("") counts as the same topic,
+    so that what was written before ids were kept is not voided by an upgrade. The one
+    rule for users' offsets and for the shared models' (:attr:`Recommender.contributed`).
+    """
+    return bool(held) and bool(given) and held != given
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +70,9 @@ class UserState:
     offsets: dict[int, int] = field(default_factory=dict)
     sessions: list[int] = field(default_factory=list)  # session tokens, latest last
     visit_at: float = 0.0  # time of the latest visit (an event of positive weight)
+    #: id of the events topic ``offsets`` belong to; "" when unknown (a state written
+    #: before ids were kept, or by a source that has none), which counts as "the same"
+    topic_id: str = ""
 
     def session_for(self, at: float, gap_s: float) -> int | None:
         """The open session's token at ``at``, or None when a new session starts."""
@@ -71,6 +92,22 @@ class UserState:
     def already_applied(self, partition: int, offset: int) -> bool:
         return offset <= self.offsets.get(partition, -1)
 
+    def adopt_topic(self, topic_id: str) -> bool:
+        """Make ``offsets`` positions in topic ``topic_id``; True when they were another's.
+
+        Offsets of another topic id say nothing about this one (a recreated topic starts
+        again at 0), so they are dropped; the rest of the state is the user's own and is
+        kept. An unknown id on either side counts as the same topic, so that states
+        written before ids were kept are not voided by an upgrade.
+        """
+        if not topic_id:
+            return False
+        other = other_topic(self.topic_id, topic_id)
+        if other:
+            self.offsets.clear()
+        self.topic_id = topic_id
+        return other
+
 
 @dataclass(frozen=True, slots=True)
 class UserWrite:
@@ -82,7 +119,7 @@ class UserWrite:
 
 def encode_user(state: UserState) -> dict[str, bytes]:
     """Hash fields for ``HSET``; offsets go separately so the write script can guard them."""
-    return {
+    fields = {
         "v": state.vector.astype(np.float32).tobytes(),
         "r": orjson.dumps([[i.item_id, i.type, i.at] for i in state.recent]),
         "l": orjson.dumps(state.last_list),
@@ -90,6 +127,9 @@ def encode_user(state: UserState) -> dict[str, bytes]:
         "t": repr(state.last_seen).encode(),
         "s": orjson.dumps([state.visit_at, state.sessions]),
     }
+    if state.topic_id:
+        fields[TOPIC_ID_FIELD] = state.topic_id.encode()
+    return fields
 
 
 def decode_user(user_id: str, fields: dict[bytes, bytes], dim: int) -> UserState | None:
@@ -115,4 +155,5 @@ def decode_user(user_id: str, fields: dict[bytes, bytes], dim: int) -> UserState
         offsets=offsets,
         sessions=[int(token) for token in sessions],
         visit_at=float(visit_at),
+        topic_id=fields.get(TOPIC_ID_FIELD.encode(), b"").decode(),
     )

@@ -5,8 +5,9 @@ compressed, CRC-checked, versioned; never pickle) holding the merged models of a
 the item table, trending with its time scales and segment counts, co-visitation, similar
 sessions, item vectors and the ranker, plus the positions of the inputs it reflects
 (the model topic offset it has read up to and, per event partition, the last offset the
-models hold). A worker that starts installs the newest checkpoint that reads cleanly and
-catches up from the model topic after its offset (docs/models.md).
+models hold, with the id of the events topic those offsets are of). A worker that starts
+installs the newest checkpoint that reads cleanly and catches up from the model topic
+after its offset (docs/models.md).
 
 Nothing in it names a user: item ids, anonymous session tokens and numbers only. What is
 derived from the catalog (availability, categories, content neighbours) is not kept: the
@@ -70,6 +71,7 @@ class Checkpoint:
     arrays: Arrays
     log_position: int = 0  # the next model topic offset to read after installing it
     contributed: dict[int, int] = field(default_factory=dict)
+    contributed_topic: str = ""  # events topic id of ``contributed`` ("" unknown, or older)
 
     @property
     def items(self) -> int:
@@ -98,6 +100,7 @@ class Checkpoint:
         rec.taste.load({"vectors": arrays["taste_vectors"], "content_set": arrays["taste_set"]})
         rec.ranker.load(meta["ranker"])
         rec.contributed = dict(self.contributed)
+        rec.contributed_topic = self.contributed_topic
         rec.totals.__init__(**meta["totals"])  # type: ignore[misc]
         # A restart must not replay the exploration picks of the last start (restarted
         # daily, every copy drew the same slots and coverage fell by a fifth): seed by
@@ -126,6 +129,7 @@ def snapshot(
         "log_position": log_position,
         "catalog_positions": {str(p): o for p, o in (catalog_positions or {}).items()},
         "contributed": {str(p): o for p, o in rec.contributed.items()},
+        "contributed_topic": rec.contributed_topic,
         "trending_clock": _clock(trending.clock),
         "timescale_clocks": [_clock(t.clock) for t in trending.timescales],
         "covis_clock": _clock(rec.covis.clock),
@@ -168,12 +172,13 @@ def decode_checkpoint(data: bytes, rec: Recommender) -> Checkpoint:
             raise CheckpointRefused("item table has duplicates or exceeds TAILOR_MAX_ITEMS")
         _check_rows(arrays, items)
         contributed = {int(p): int(o) for p, o in meta["contributed"].items()}
+        contributed_topic = str(meta.get("contributed_topic", ""))
         position = int(meta["log_position"])
     except CheckpointRefused:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise CheckpointRefused(f"checkpoint lacks or garbles {error}") from None
-    return Checkpoint(meta, arrays, position, contributed)
+    return Checkpoint(meta, arrays, position, contributed, contributed_topic)
 
 
 def _shape_of(rec: Recommender) -> dict[str, Any]:

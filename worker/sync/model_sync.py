@@ -27,6 +27,7 @@ from typing import Protocol
 from worker.metrics import Metrics
 from worker.models.delta import ModelDelta, decode_delta, encode_delta
 from worker.recommend.core import DeltaOutcome, Recommender, count_delta, judge_delta
+from worker.state.user import other_topic
 from worker.sync.checkpoint import decode_checkpoint, pack_checkpoint, snapshot
 
 __all__ = ["CheckpointStore", "LogRecord", "ModelLog", "ModelSync", "new_origin"]
@@ -113,7 +114,8 @@ class ModelSync:
         # the positions of own deltas learned at once but not read back yet: together they
         # tell whether these models are the log's, which a checkpoint must be.
         self.log_contributed: dict[int, int] = dict(recommender.contributed)
-        self.unread_own: deque[dict[int, tuple[int, int]]] = deque()
+        self.log_topic = recommender.contributed_topic  # events topic id of log_contributed
+        self.unread_own: deque[tuple[str, dict[int, tuple[int, int]]]] = deque()
         self.diverged = False
 
     # -- start-up ---------------------------------------------------------------------
@@ -141,6 +143,7 @@ class ModelSync:
                 continue
             checkpoint.install(self.recommender)
             self.log_contributed = dict(checkpoint.contributed)
+            self.log_topic = checkpoint.contributed_topic
             self.position = checkpoint.log_position
             self.restored_from = checkpoint.log_position
             self.checkpoint_at = self.clock()
@@ -180,7 +183,7 @@ class ModelSync:
             return
         data = encode_delta(delta)
         self.log.append(data, delta.origin)
-        self.unread_own.append(delta.positions)
+        self.unread_own.append((delta.topic_id, delta.positions))
         if self.metrics is not None:
             self.metrics.model_deltas_published.inc()
             self.metrics.model_delta_bytes.labels("out").inc(len(data))
@@ -207,8 +210,9 @@ class ModelSync:
             self.position = record.position + 1
             if record.origin == rec.origin and self.unread_own:
                 self._count("own", len(record.data))
-                self._follow_log(self.unread_own.popleft(), "applied", record.position)
+                self._follow_log(*self.unread_own.popleft(), "applied", record.position)
                 continue
+            counted_topic = rec.contributed_topic
             try:
                 delta = decode_delta(record.data)
                 outcome = rec.apply_delta(delta)  # checks what it needs before changing a thing
@@ -217,7 +221,9 @@ class ModelSync:
                 self._count("corrupt", len(record.data))
                 continue
             self._count(outcome, len(record.data))
-            self._follow_log(delta.positions, outcome, record.position)
+            if other_topic(counted_topic, rec.contributed_topic):
+                self._voided(counted_topic, f"model delta {delta.origin}/{delta.batch}")
+            self._follow_log(delta.topic_id, delta.positions, outcome, record.position)
             if outcome == "applied":
                 applied += 1
             elif outcome == "refused":
@@ -233,8 +239,25 @@ class ModelSync:
             metrics.checkpoint_age.set(max(0.0, self.clock() - self.checkpoint_at))
         return applied
 
+    def _voided(self, was: str, by: str) -> None:
+        """Say that the models' offsets were of another events topic id and were dropped
+        (the topic was deleted and recreated): one log line and the metric."""
+        log.warning(
+            "shared models: their offsets of events topic id %s are void, %s is of id %s "
+            "(the topic was deleted and recreated, or another cluster)",
+            was,
+            by,
+            self.recommender.contributed_topic,
+        )
+        if self.metrics is not None:
+            self.metrics.model_offsets_voided.inc()
+
     def _follow_log(
-        self, positions: dict[int, tuple[int, int]], outcome: DeltaOutcome, position: int
+        self,
+        topic_id: str,
+        positions: dict[int, tuple[int, int]],
+        outcome: DeltaOutcome,
+        position: int,
     ) -> None:
         """Count the delta as a reader of the log alone would, and notice when this copy
         decided otherwise.
@@ -244,7 +267,13 @@ class ModelSync:
         readers take that one and drop ours, while this copy kept ours and refuses theirs.
         The difference is at most a batch, but a checkpoint of it would hand it on to every
         worker that starts from it, so such a copy stops writing checkpoints.
+
+        The log's count follows the events topic id as the models do: a delta of another
+        id voids what was counted (:meth:`Recommender.adopt_topic`).
         """
+        if other_topic(self.log_topic, topic_id):
+            self.log_contributed.clear()
+        self.log_topic = topic_id or self.log_topic
         expected = judge_delta(positions, self.log_contributed)
         if expected == "applied":
             count_delta(positions, self.log_contributed)

@@ -6,6 +6,7 @@ and the loop-hygiene choices live next to the reasons for them.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # public, not in __all__
@@ -31,6 +33,7 @@ from worker.transport.topics import TopicFound, TopicSpec, model_topic, topic_sp
 
 __all__ = [
     "KafkaCatalogFeed",
+    "KafkaTopicIds",
     "KafkaUnavailable",
     "check_kafka",
     "client_config",
@@ -44,6 +47,8 @@ __all__ = [
     "make_producer",
     "model_topic_spec",
 ]
+
+log = logging.getLogger("tailor.kafka")
 
 # Per partition, a bound on what librdkafka fetches ahead of the worker (see make_consumer).
 _PREFETCH_KBYTES = 8192
@@ -224,6 +229,41 @@ def make_admin(settings: Settings, **callbacks: Callable[..., None]) -> AdminCli
     the one-line output of ``tailor topics``. ``TAILOR_KAFKA_EXTRA`` can raise it again.
     """
     return AdminClient({"log_level": 5} | client_config(settings) | dict(callbacks))
+
+
+#: The all-zero UUID: what a broker without topic ids (before Kafka 2.8) reports.
+_NO_TOPIC_ID = "A" * 22
+
+
+class KafkaTopicIds:
+    """Topic ids (Kafka's topic UUIDs, as their 22-character base64 text) read with
+    ``AdminClient.describe_topics``: a :class:`~worker.transport.ports.TopicIds`.
+
+    Asked at start and on each assignment, never per batch. A broker without topic ids
+    (the all-zero UUID) answers "" like a failure. Right after a topic is
+    created the broker may not describe it yet, so a failure is retried for up to
+    ``timeout_s``; after that it is logged and answers "" (unknown), which leaves stored
+    offsets in force as before ids were kept: better than stopping the worker.
+    """
+
+    def __init__(self, settings: Settings, timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+
+    def topic_id(self, topic: str) -> str:
+        admin = make_admin(self.settings)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            left = max(0.5, deadline - time.monotonic())
+            try:
+                futures = admin.describe_topics(TopicCollection([topic]), request_timeout=left)
+                found = str(futures[topic].result(timeout=left).topic_id)
+                return "" if found == _NO_TOPIC_ID else found
+            except Exception as error:  # KafkaException, a timeout: either means not now
+                if time.monotonic() + 0.2 >= deadline:
+                    log.warning("cannot learn the id of topic %s: %s", topic, error)
+                    return ""
+            time.sleep(0.2)
 
 
 class KafkaUnavailable(RuntimeError):

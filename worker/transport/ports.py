@@ -16,11 +16,18 @@ semantics the in-memory versions reproduce (delivery reports served by ``poll`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from confluent_kafka import KafkaError, TopicPartition
 
-__all__ = ["CatalogFeed", "DeliveryCallback", "EventSource", "Incoming", "OutputSink"]
+__all__ = [
+    "CatalogFeed",
+    "DeliveryCallback",
+    "EventSource",
+    "Incoming",
+    "OutputSink",
+    "TopicIds",
+]
 
 
 class Incoming(Protocol):
@@ -118,3 +125,13 @@ class CatalogFeed(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class TopicIds(Protocol):
+    """Who tells a topic's id (Kafka's topic UUID): offsets mean something only within
+    one topic id, so the worker tags each batch with the events topic's."""
+
+    def topic_id(self, topic: str) -> str:
+        """The topic's id, or "" when it cannot be learned now (treated as unchanged)."""
+        ...
