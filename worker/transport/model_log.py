@@ -8,6 +8,7 @@ assigned consumer, outside the consumer group, as it reads the catalog.
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -26,6 +27,14 @@ __all__ = ["KafkaModelLog"]
 log = logging.getLogger("tailor.sync")
 
 _PARTITION = 0
+#: Answers of a broker whose new topic has no leader yet (retried, not fatal).
+_NOT_READY = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
 
 
 class KafkaModelLog:
@@ -101,9 +110,22 @@ class KafkaModelLog:
             records.append(LogRecord(offset, value, stamp / 1000.0, origin))
         return records
 
-    def bounds(self) -> tuple[int, int]:
-        low, high = self.consumer.get_watermark_offsets(self._partition, timeout=10)
-        return int(low), int(high)
+    def bounds(self, timeout_s: float = 30.0) -> tuple[int, int]:
+        """The partition's watermarks. A topic created a moment ago (by :meth:`prepare`, or
+        by ``tailor topics create`` just before the worker starts) may have no leader yet,
+        which the broker answers with a retriable error: asked again until ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                low, high = self.consumer.get_watermark_offsets(self._partition, timeout=10)
+                return int(low), int(high)
+            except KafkaException as error:
+                reason = error.args[0]
+                not_ready = reason.retriable() or reason.code() in _NOT_READY
+                if not not_ready or time.monotonic() > deadline:
+                    raise
+                log.info("model topic %s not served yet (%s): asking again", self.topic, reason)
+                time.sleep(0.25)
 
     def close(self) -> None:
         self.producer.flush(10)
