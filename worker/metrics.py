@@ -98,6 +98,11 @@ class Metrics:
             "Pairwise updates of the River ranker (chosen item vs passed-over candidates)",
             registry=r,
         )
+        self.consumer_rebuilds = Counter(
+            "tailor_consumer_rebuilds",
+            "Events consumers replaced after a fatal Kafka error (a fenced static member)",
+            registry=r,
+        )
         self.stale_writes = Counter(
             "tailor_stale_writes",
             "User writes refused because a newer offset was already applied",

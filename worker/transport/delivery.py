@@ -73,6 +73,11 @@ class DeliveryTracker:
             for key in partitions:
                 batch.next_offsets.pop(key, None)
 
+    def forget_all(self) -> None:
+        """The consumer itself was lost (fenced): no offset in flight may be committed."""
+        for batch in self._pending:
+            batch.next_offsets.clear()
+
     @property
     def pending(self) -> int:
         return len(self._pending)
