@@ -35,7 +35,12 @@ from worker.state.store import (
     connect_redis,
 )
 from worker.sync.model_sync import CheckpointStore, ModelLog, ModelSync, new_origin
-from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBatch
+from worker.transport.delivery import (
+    DeliveryFailed,
+    DeliveryTracker,
+    NotYetAcknowledged,
+    PendingBatch,
+)
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
     KafkaCatalogFeed,
@@ -57,6 +62,9 @@ _MAX_BACKOFF_S = 5.0
 #: without committing them (they are replayed). Kubernetes' grace period is sized from it.
 CLOSE_FLUSH_TIMEOUT_S = 30.0
 _MODELS_LAGGING = "models lag the model topic"
+_KAFKA_WAIT = "Kafka is not acknowledging outputs"
+#: How long Kafka may keep the loop waiting before the worker says it is not ready.
+_KAFKA_PATIENCE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -325,7 +333,7 @@ class Worker:
         """
         if self.sync is not None:
             self.sync.publish(result.delta)
-            self.sync.flush(self.settings.outage_timeout_s)
+            self._await_kafka(self._delta_acknowledged, "the model delta is not acknowledged")
         outcome = self._with_redis(lambda: self.store.write(result.writes))
         if result.erased:
             self._with_redis(lambda: self.store.erase(result.erased))
@@ -434,14 +442,57 @@ class Worker:
                 if sent_at is not None:
                     self.metrics.event_to_publish.observe(max(0.0, time.time() - sent_at))
 
-        if batch is not None:
-            self.tracker.sent(batch)
-        while True:
+        def queued() -> bool:
             try:
                 sink.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                return
+                return True
             except BufferError:  # local queue full: serve delivery reports, then retry
+                self.metrics.producer_queue_full.inc()
                 sink.poll(0.05)
+                return False
+
+        if batch is not None:
+            self.tracker.sent(batch)
+        self._await_kafka(queued, "the producer queue is full")
+
+    def _delta_acknowledged(self) -> bool:
+        assert self.sync is not None
+        try:
+            self.sync.flush(_KAFKA_PATIENCE_S)
+            return True
+        except NotYetAcknowledged:
+            return False
+
+    def _await_kafka(self, attempt: Callable[[], bool], what: str) -> None:
+        """Retry ``attempt`` (which waits a little itself) while Kafka is slow or away.
+
+        The batch in hand stays in hand: nothing new is consumed, and what waits is
+        bounded (the producer's queue, one model delta). The worker keeps beating (it is
+        alive, not stuck), says it is not ready after ``_KAFKA_PATIENCE_S``, and stops
+        loudly without committing after ``outage_timeout_s``, as for Redis; another
+        worker or a restart then replays. The consumer is not polled meanwhile (a
+        rebalance mid-batch would hand the batch's partitions away under it); with the
+        default outage timeout the wait ends before ``max.poll.interval.ms`` (300 s), and
+        beyond it the partitions move, which the offset guard in Redis makes harmless.
+        """
+        if attempt():
+            return
+        since, waiting = time.monotonic(), False
+        while not attempt():
+            waited = time.monotonic() - since
+            if waited > self.settings.outage_timeout_s:
+                raise DeliveryFailed(f"{what} after {waited:.0f} s: Kafka stayed away")
+            if not waiting and waited >= _KAFKA_PATIENCE_S:
+                log.error("%s: Kafka is slow or away, waiting (not ready)", what)
+                self.health.set_ready(False, _KAFKA_WAIT)
+                self.metrics.ready.set(0)
+                waiting = True
+            self.health.beat()
+        if waiting:
+            log.info("Kafka acknowledges again after %.1f s", time.monotonic() - since)
+            if self.health.why == _KAFKA_WAIT:
+                self.health.set_ready(True)
+                self.metrics.ready.set(1)
 
     def _sinks(self) -> list[OutputSink]:
         """The distinct sinks (by default lists and dead letters share one producer)."""

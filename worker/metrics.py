@@ -103,6 +103,12 @@ class Metrics:
             "Events consumers replaced after a fatal Kafka error (a fenced static member)",
             registry=r,
         )
+        self.producer_queue_full = Counter(
+            "tailor_producer_queue_full",
+            "Outputs that found the producer's bounded local queue full and waited for "
+            "acknowledgements (Kafka slow or away, or a burst larger than the queue)",
+            registry=r,
+        )
         self.stale_writes = Counter(
             "tailor_stale_writes",
             "User writes refused because a newer offset was already applied",
