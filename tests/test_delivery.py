@@ -115,6 +115,21 @@ def test_forget_drops_lost_partitions() -> None:
     assert stored == [{("events", 0): 10}, {("events", 2): 1}]
 
 
+def test_forget_all_stores_nothing_in_flight_but_releases_the_batches() -> None:
+    """A fenced consumer is replaced: no offset of its batches may reach the new one."""
+    tracker, stored = _tracker()
+    first = tracker.open({("events", 0): 10, ("events", 1): 4})
+    tracker.sent(first)
+    tracker.seal(first)
+    tracker.forget_all()
+    tracker.acknowledged(first, None)
+    tracker.advance()
+    later = tracker.open({("events", 0): 12})
+    tracker.seal(later)
+    assert stored == [{}, {("events", 0): 12}]
+    assert tracker.pending == 0
+
+
 # -- dead-letter headers ----------------------------------------------------------------
 
 

@@ -169,6 +169,65 @@ def test_a_failed_delivery_commits_nothing_and_a_new_worker_applies_the_batch_on
     assert cluster.committed() == 2
 
 
+class BoundedSink(MemorySink):
+    """A producer whose local queue holds ``capacity`` unacknowledged outputs, like
+    librdkafka's ``queue.buffering.max.messages``; while ``away`` (Kafka gone) nothing is
+    acknowledged, so a full queue stays full."""
+
+    def __init__(self, kafka: MemoryKafka, capacity: int) -> None:
+        super().__init__(kafka)
+        self.capacity = capacity
+        self.away = False
+        self.refused = 0
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        if len(self._reports) >= self.capacity:
+            self.refused += 1
+            raise BufferError("Local: Queue full")
+        super().produce(topic, *args, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        if self.away:
+            time.sleep(timeout)
+            return 0
+        return super().poll(timeout)
+
+
+def test_a_full_producer_queue_waits_for_room_and_loses_no_list() -> None:
+    cluster = Cluster()
+    sink = BoundedSink(cluster.kafka, capacity=2)
+    worker = cluster.worker(sink=sink)
+    for n in range(8):
+        cluster.send(f"u{n}", ITEMS[n % 3])
+    drain(worker)
+    assert sink.refused > 0  # the queue did overflow
+    queue_full = worker.metrics.registry.get_sample_value("tailor_producer_queue_full_total")
+    assert queue_full == sink.refused
+    assert set(cluster.lists()) == {f"u{n}" for n in range(8)}
+    assert worker.health.ready
+    worker.close()
+    assert cluster.committed() == 8
+
+
+def test_kafka_away_past_the_outage_timeout_stops_without_committing() -> None:
+    """Not ready after a second of waiting, alive while it waits, then a loud stop that
+    commits nothing: the batch is replayed by whoever comes next."""
+    cluster = Cluster(SETTINGS.with_overrides(outage_timeout_s=1.5))
+    sink = BoundedSink(cluster.kafka, capacity=1)
+    worker = cluster.worker(sink=sink)
+    sink.away = True
+    cluster.send("ann", "lamp")
+    cluster.send("bo", "lamp")
+    started = time.monotonic()
+    with pytest.raises(DeliveryFailed, match="producer queue is full"):
+        drain(worker)
+    assert 1.5 <= time.monotonic() - started < 10
+    assert not worker.health.ready
+    assert "not acknowledging" in worker.health.why
+    assert worker.health.alive
+    assert cluster.committed() == 0
+
+
 def test_a_crash_replays_what_was_not_committed_without_applying_it_twice() -> None:
     cluster = Cluster()
     worker = cluster.worker()

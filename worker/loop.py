@@ -35,7 +35,12 @@ from worker.state.store import (
     connect_redis,
 )
 from worker.sync.model_sync import CheckpointStore, ModelLog, ModelSync, new_origin
-from worker.transport.delivery import DeliveryFailed, DeliveryTracker, PendingBatch
+from worker.transport.delivery import (
+    DeliveryFailed,
+    DeliveryTracker,
+    NotYetAcknowledged,
+    PendingBatch,
+)
 from worker.transport.dlq import dead_letter_headers
 from worker.transport.kafka import (
     KafkaCatalogFeed,
@@ -58,6 +63,9 @@ _MAX_BACKOFF_S = 5.0
 #: without committing them (they are replayed). Kubernetes' grace period is sized from it.
 CLOSE_FLUSH_TIMEOUT_S = 30.0
 _MODELS_LAGGING = "models lag the model topic"
+_KAFKA_WAIT = "Kafka is not acknowledging outputs"
+#: How long Kafka may keep the loop waiting before the worker says it is not ready.
+_KAFKA_PATIENCE_S = 1.0
 
 
 @dataclass(slots=True)
@@ -128,9 +136,7 @@ class Worker:
         self.sink: OutputSink = sink or producer  # type: ignore[assignment]
         self.dead_letter_sink: OutputSink = dead_letter_sink or producer  # type: ignore[assignment]
         self._producer = producer
-        self.consumer: EventSource = source or make_consumer(
-            settings, error_cb=self._on_kafka_error, stats_cb=self._on_stats
-        )
+        self.consumer: EventSource = source or self._make_consumer()
         self.catalog_feed: CatalogFeed = catalog_feed or KafkaCatalogFeed(settings)
         self.topic_ids: TopicIds | None = topic_ids
         if topic_ids is None and self._on_kafka:
@@ -142,6 +148,16 @@ class Worker:
         self._skew = timedelta(seconds=settings.max_future_skew_s)
         self._recent_ids = RecentEventIds(settings.dedup_window)
         self._paused = False
+        # A fatal error of the events consumer (a fenced static member), seen by its error
+        # callback inside ``consume``/``poll``; the loop rebuilds the consumer between
+        # batches (:meth:`_rebuild_consumer`), never inside the callback.
+        self._consumer_fatal: KafkaError | None = None
+
+    def _make_consumer(self) -> EventSource:
+        """The events consumer from the one Kafka factory, with this worker's callbacks."""
+        return make_consumer(
+            self.settings, error_cb=self._on_consumer_error, stats_cb=self._on_stats
+        )
 
     def _redis_client(self) -> redis.Redis:
         """The one Redis client, connected the first time a collaborator needs it."""
@@ -161,12 +177,7 @@ class Worker:
         self._catch_up_models(kafka_timeout_s)
         self._learn_topic_id()
         freeze_startup_objects()
-        self.consumer.subscribe(
-            [self.settings.events_topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
+        self._subscribe()
         self.health.set_ready(True)
         self.metrics.ready.set(1)
         log.info(
@@ -197,6 +208,14 @@ class Worker:
         elif learned and learned != self.topic_id:
             log.info("events topic %s has id %s", topic, learned)
         self.topic_id = learned
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(
+            [self.settings.events_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
 
     def _restore_models(self) -> None:
         """Install the newest readable model checkpoint, before the catalog: it fixes the
@@ -284,9 +303,14 @@ class Worker:
         self._serve_deliveries()
         self._poll_catalog(500, 0)
         self._sync_models()
+        if self._consumer_fatal is not None:
+            self._rebuild_consumer()
         messages = self.consumer.consume(
             self.settings.batch_size, self.settings.batch_wait_ms / 1000
         )
+        if self._consumer_fatal is not None:  # what a fenced member fetched is not ours
+            self._rebuild_consumer()
+            return 0
         self.tracker.advance()
         if not messages:
             return 0
@@ -298,7 +322,7 @@ class Worker:
         for message in messages:
             error = message.error()
             if error is not None:
-                self._on_kafka_error(error)
+                self._on_consumer_error(error)
                 continue
             topic, partition, offset = _coordinates(message)
             next_offsets[(topic, partition)] = offset + 1
@@ -343,7 +367,7 @@ class Worker:
         """
         if self.sync is not None:
             self.sync.publish(result.delta)
-            self.sync.flush(self.settings.outage_timeout_s)
+            self._await_kafka(self._delta_acknowledged, "the model delta is not acknowledged")
         outcome = self._with_redis(lambda: self.store.write(result.writes))
         if result.erased:
             self._with_redis(lambda: self.store.erase(result.erased))
@@ -452,14 +476,57 @@ class Worker:
                 if sent_at is not None:
                     self.metrics.event_to_publish.observe(max(0.0, time.time() - sent_at))
 
-        if batch is not None:
-            self.tracker.sent(batch)
-        while True:
+        def queued() -> bool:
             try:
                 sink.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                return
+                return True
             except BufferError:  # local queue full: serve delivery reports, then retry
+                self.metrics.producer_queue_full.inc()
                 sink.poll(0.05)
+                return False
+
+        if batch is not None:
+            self.tracker.sent(batch)
+        self._await_kafka(queued, "the producer queue is full")
+
+    def _delta_acknowledged(self) -> bool:
+        assert self.sync is not None
+        try:
+            self.sync.flush(_KAFKA_PATIENCE_S)
+            return True
+        except NotYetAcknowledged:
+            return False
+
+    def _await_kafka(self, attempt: Callable[[], bool], what: str) -> None:
+        """Retry ``attempt`` (which waits a little itself) while Kafka is slow or away.
+
+        The batch in hand stays in hand: nothing new is consumed, and what waits is
+        bounded (the producer's queue, one model delta). The worker keeps beating (it is
+        alive, not stuck), says it is not ready after ``_KAFKA_PATIENCE_S``, and stops
+        loudly without committing after ``outage_timeout_s``, as for Redis; another
+        worker or a restart then replays. The consumer is not polled meanwhile (a
+        rebalance mid-batch would hand the batch's partitions away under it); with the
+        default outage timeout the wait ends before ``max.poll.interval.ms`` (300 s), and
+        beyond it the partitions move, which the offset guard in Redis makes harmless.
+        """
+        if attempt():
+            return
+        since, waiting = time.monotonic(), False
+        while not attempt():
+            waited = time.monotonic() - since
+            if waited > self.settings.outage_timeout_s:
+                raise DeliveryFailed(f"{what} after {waited:.0f} s: Kafka stayed away")
+            if not waiting and waited >= _KAFKA_PATIENCE_S:
+                log.error("%s: Kafka is slow or away, waiting (not ready)", what)
+                self.health.set_ready(False, _KAFKA_WAIT)
+                self.metrics.ready.set(0)
+                waiting = True
+            self.health.beat()
+        if waiting:
+            log.info("Kafka acknowledges again after %.1f s", time.monotonic() - since)
+            if self.health.why == _KAFKA_WAIT:
+                self.health.set_ready(True)
+                self.metrics.ready.set(1)
 
     def _sinks(self) -> list[OutputSink]:
         """The distinct sinks (by default lists and dead letters share one producer)."""
@@ -592,8 +659,15 @@ class Worker:
         if self.sync is not None and partitions:
             self.sync.catch_up(self.settings.outage_timeout_s)
 
-    def _on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
-        """Short and bounded: flush outputs, store what is acknowledged, commit."""
+    def _on_revoke(self, consumer: object, partitions: list[TopicPartition]) -> None:
+        """Short and bounded: flush outputs, store what is acknowledged, commit.
+
+        After a fatal error (a fenced member being closed) it is a loss: the group has
+        moved on without this member, so nothing may be committed in its name.
+        """
+        if self._consumer_fatal is not None:
+            self._on_lost(consumer, partitions)
+            return
         log.info("revoked %s", _describe(partitions))
         self._flush(10)
         self.tracker.advance()
@@ -647,7 +721,8 @@ class Worker:
         self.metrics.paused_partitions.set(len(assignment))
 
     def _resume(self) -> None:
-        self.consumer.resume(self.consumer.assignment())
+        if self._consumer_fatal is None:  # else the next step replaces the consumer
+            self.consumer.resume(self.consumer.assignment())
         self._paused = False
         self.metrics.paused_partitions.set(0)
 
@@ -657,6 +732,52 @@ class Worker:
         message = self.consumer.poll(seconds)
         if message is not None and message.error() is None:
             self.consumer.seek(TopicPartition(*_coordinates(message)))
+
+    def _on_consumer_error(self, error: KafkaError) -> None:
+        """The events consumer's errors: a fatal one is kept for the loop to act on.
+
+        Raising here would unwind through librdkafka's ``consume`` and stop the process;
+        a fenced static member (``group.instance.id`` taken over by another process, or by
+        this one's own rejoin after a broker restart) is better replaced by a new member.
+        confluent-kafka reports fencing as ``_FATAL`` (``fatal()`` was false in some
+        versions: confluent-kafka-python #869), hence both checks.
+        """
+        if error.fatal() or error.code() in _FATAL_CODES:
+            if self._consumer_fatal is None:
+                self._consumer_fatal = error
+            return
+        self._on_kafka_error(error)
+
+    def _rebuild_consumer(self) -> None:
+        """Replace a consumer that hit a fatal error with a new member of the group.
+
+        The old one is closed without committing (its revoke is treated as a loss and
+        its in-flight batches' offsets are forgotten): a fenced member's offsets are not
+        ours, and what it had not committed is replayed by whoever owns the partitions
+        next, harmlessly, thanks to the offsets in each user's state. The new consumer
+        comes from the one Kafka factory and subscribes with the same callbacks.
+        """
+        error = self._consumer_fatal
+        assert error is not None
+        if not self._on_kafka:  # a source handed in (tests) cannot be made again here
+            raise KafkaException(error)
+        log.error(
+            "fatal Kafka consumer error (%s): closing the consumer without committing "
+            "and joining the group again",
+            error.str(),
+        )
+        self.metrics.consumer_rebuilds.inc()
+        self.tracker.forget_all()
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as closing:
+            log.debug("closing the failed consumer: %s", closing)
+        self._consumer_fatal = None
+        self._paused = False
+        self.metrics.paused_partitions.set(0)
+        self.metrics.clear_lag()
+        self.consumer = self._make_consumer()
+        self._subscribe()
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -683,6 +804,10 @@ class Worker:
         if lags and not self._paused and self.health.why == "all Kafka brokers down":
             self.health.set_ready(True)
             self.metrics.ready.set(1)
+
+
+#: Error codes that mean the consumer is done for, whatever ``fatal()`` says.
+_FATAL_CODES = (KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID)
 
 
 def freeze_startup_objects() -> None:

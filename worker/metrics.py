@@ -98,6 +98,17 @@ class Metrics:
             "Pairwise updates of the River ranker (chosen item vs passed-over candidates)",
             registry=r,
         )
+        self.consumer_rebuilds = Counter(
+            "tailor_consumer_rebuilds",
+            "Events consumers replaced after a fatal Kafka error (a fenced static member)",
+            registry=r,
+        )
+        self.producer_queue_full = Counter(
+            "tailor_producer_queue_full",
+            "Outputs that found the producer's bounded local queue full and waited for "
+            "acknowledgements (Kafka slow or away, or a burst larger than the queue)",
+            registry=r,
+        )
         self.stale_writes = Counter(
             "tailor_stale_writes",
             "User writes refused because a newer offset was already applied",

@@ -64,7 +64,10 @@ __all__ = [
     "whole_log_models",
 ]
 
-WORKER_COMMAND = [str(Path(sys.executable).with_name("tailor")), "run"]
+#: ``python -m worker``, not the venv's ``tailor`` script: the script imports the package
+#: where it was installed (editable, from another checkout), while ``-m`` imports it from
+#: the working directory, the tree under test (as ``tailor bench`` and tests/helpers do).
+WORKER_COMMAND = [sys.executable, "-m", "worker", "run"]
 #: The broker's smallest allowed session (group.min.session.timeout.ms): a member that
 #: vanished without a word is noticed as soon as the broker allows.
 SESSION_TIMEOUT_MS = 6000

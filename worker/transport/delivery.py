@@ -12,11 +12,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["DeliveryFailed", "DeliveryTracker", "PendingBatch"]
+__all__ = ["DeliveryFailed", "DeliveryTracker", "NotYetAcknowledged", "PendingBatch"]
 
 
 class DeliveryFailed(RuntimeError):
     """librdkafka gave up on a message: stop without committing, so it is replayed."""
+
+
+class NotYetAcknowledged(DeliveryFailed):
+    """Nothing failed, but the wait ran out: Kafka is slow or away, so waiting again may
+    help (the loop does, up to ``outage_timeout_s``)."""
 
 
 @dataclass(slots=True)
@@ -72,6 +77,11 @@ class DeliveryTracker:
         for batch in self._pending:
             for key in partitions:
                 batch.next_offsets.pop(key, None)
+
+    def forget_all(self) -> None:
+        """The consumer itself was lost (fenced): no offset in flight may be committed."""
+        for batch in self._pending:
+            batch.next_offsets.clear()
 
     @property
     def pending(self) -> int:

@@ -52,6 +52,9 @@ log = logging.getLogger("tailor.kafka")
 
 # Per partition, a bound on what librdkafka fetches ahead of the worker (see make_consumer).
 _PREFETCH_KBYTES = 8192
+# The lists' producer queue (see make_producer): about a hundred full batches of lists.
+_PRODUCER_QUEUE_MESSAGES = 50_000
+_PRODUCER_QUEUE_KBYTES = 32_768
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -165,13 +168,22 @@ class KafkaCatalogFeed:
 
 
 def make_producer(settings: Settings, **callbacks: Callable[..., None]) -> Producer:
-    """Idempotent producer with a short linger: recommendations are latency-bound."""
+    """Idempotent producer with a short linger: recommendations are latency-bound.
+
+    Its local queue is bounded well below librdkafka's defaults (100,000 messages and
+    1 GB): while Kafka is slow or away the lists of the batches in hand wait there, and a
+    worker must not grow by a gigabyte to hold them. A full queue raises ``BufferError``
+    in ``produce``; the loop then waits for acknowledgements, reporting not-ready, and
+    stops without committing if Kafka stays away past ``outage_timeout_s``.
+    """
     config = client_config(settings) | {
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 2,
         "compression.type": "lz4",
         "message.max.bytes": 1_000_000,
+        "queue.buffering.max.messages": _PRODUCER_QUEUE_MESSAGES,
+        "queue.buffering.max.kbytes": _PRODUCER_QUEUE_KBYTES,
     }
     config.update(settings.kafka_extra)
     config.update(callbacks)

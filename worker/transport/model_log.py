@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker.config import Settings
 from worker.sync.model_sync import LogRecord
-from worker.transport.delivery import DeliveryFailed
+from worker.transport.delivery import DeliveryFailed, NotYetAcknowledged
 from worker.transport.kafka import (
     make_admin,
     make_model_consumer,
@@ -84,13 +84,11 @@ class KafkaModelLog:
 
     def flush(self, timeout_s: float) -> None:
         remaining = self.producer.flush(timeout_s)
-        if remaining or self._failures:
+        if self._failures:
             failures, self._failures = self._failures, []
-            raise DeliveryFailed(
-                f"model delta not acknowledged within {timeout_s:g} s"
-                if remaining
-                else f"model delta not delivered: {failures[0]}"
-            )
+            raise DeliveryFailed(f"model delta not delivered: {failures[0]}")
+        if remaining:
+            raise NotYetAcknowledged(f"model delta not acknowledged within {timeout_s:g} s")
 
     def seek(self, position: int) -> None:
         self.consumer.assign([TopicPartition(self.topic, _PARTITION, position)])
