@@ -41,7 +41,6 @@ import confluent_kafka
 import numpy as np
 import numpy.typing as npt
 import orjson
-import redis
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -61,7 +60,7 @@ from worker.contract import CatalogItem, Event
 from worker.loop import freeze_startup_objects
 from worker.recommend import Envelope, Recommender
 from worker.redaction import redacted_url
-from worker.state.store import connect_redis
+from worker.state.store import RedisClient, connect_redis
 from worker.state.user import UserState
 from worker.transport.kafka import client_config, create_topics, make_admin, make_producer
 
@@ -845,7 +844,7 @@ def _flush(producer: Producer, timeout_s: float) -> None:
         raise BenchError(f"{left} messages were not acknowledged by Kafka within {timeout_s} s")
 
 
-def _clean_up(settings: Settings, redis_client: redis.Redis) -> None:
+def _clean_up(settings: Settings, redis_client: RedisClient) -> None:
     """Delete the benchmark's topics, consumer group and Redis keys (best effort)."""
     admin = make_admin(settings)
     topics = [

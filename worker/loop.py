@@ -19,7 +19,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import orjson
-import redis
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.config import Settings
@@ -29,6 +28,7 @@ from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
 from worker.state.store import (
     RedisCheckpoints,
+    RedisClient,
     StateStore,
     StoreUnavailable,
     UserStore,
@@ -77,7 +77,7 @@ class Worker:
         self,
         settings: Settings,
         *,
-        redis_client: redis.Redis | None = None,
+        redis_client: RedisClient | None = None,
         metrics: Metrics | None = None,
         health: Health | None = None,
         recommender: Recommender | None = None,
@@ -132,7 +132,7 @@ class Worker:
         self._recent_ids = RecentEventIds(settings.dedup_window)
         self._paused = False
 
-    def _redis_client(self) -> redis.Redis:
+    def _redis_client(self) -> RedisClient:
         """The one Redis client, connected the first time a collaborator needs it."""
         if self._redis is None:
             self._redis = connect_redis(self.settings)
