@@ -1,4 +1,5 @@
-"""The Redis store against the real Redis server: layout, offset guard, TTL, erasure."""
+"""The Redis store against the real Redis server and a real Redis Cluster: layout, offset
+guard, TTL, erasure, model checkpoints."""
 
 from __future__ import annotations
 
@@ -7,24 +8,27 @@ import uuid
 import numpy as np
 import pytest
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
+from tests.servers import on_single_and_cluster
 from worker.config import Settings
-from worker.state.store import StoreUnavailable, UserStore
+from worker.state.store import RedisCheckpoints, StoreUnavailable, UserStore, connect_redis
 from worker.state.user import Interaction, UserState, UserWrite
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(redis_url: str) -> UserStore:
+def store(redis_under_test: str) -> UserStore:
     settings = Settings(
-        redis_url=redis_url,
+        redis_url=redis_under_test,
         redis_key_prefix=f"s{uuid.uuid4().hex[:8]}",
         redis_chunk_size=7,  # small, so that the tests cross chunk boundaries
         vector_dim=4,
         user_ttl_s=3600,
     )
-    return UserStore(redis.Redis.from_url(redis_url), settings)
+    return UserStore(connect_redis(settings), settings)
 
 
 def _state(user: str, offset: int, events: int = 1) -> UserState:
@@ -39,6 +43,7 @@ def _state(user: str, offset: int, events: int = 1) -> UserState:
     )
 
 
+@on_single_and_cluster
 def test_round_trip_in_chunks(store: UserStore) -> None:
     users = [f"user-{n}" for n in range(20)]
     outcome = store.write([UserWrite(_state(u, 5, events=n)) for n, u in enumerate(users)])
@@ -55,6 +60,7 @@ def test_round_trip_in_chunks(store: UserStore) -> None:
         np.testing.assert_array_equal(state.vector, np.arange(4, dtype=np.float32))
 
 
+@on_single_and_cluster
 def test_offset_guard_refuses_a_write_at_or_below_the_applied_offset(store: UserStore) -> None:
     assert store.write([UserWrite(_state("g", 10, events=3))]).written == 1
     for replayed in (10, 9):
@@ -66,6 +72,7 @@ def test_offset_guard_refuses_a_write_at_or_below_the_applied_offset(store: User
     assert store.write([UserWrite(_state("g", 11, events=4))]).written == 1
 
 
+@on_single_and_cluster
 def test_a_forget_write_replaces_everything(store: UserStore) -> None:
     store.write([UserWrite(_state("f", 10, events=5))])
     fresh = _state("f", 12, events=1)
@@ -75,12 +82,14 @@ def test_a_forget_write_replaces_everything(store: UserStore) -> None:
     assert state.events == 1
 
 
+@on_single_and_cluster
 def test_every_key_has_the_idle_ttl(store: UserStore) -> None:
     store.write([UserWrite(_state("t", 1))])
     ttl = store.client.ttl(store.key("t"))
     assert 3500 < ttl <= 3600
 
 
+@on_single_and_cluster
 def test_every_write_refreshes_the_idle_ttl(store: UserStore) -> None:
     """Idle means idle: an active user's state must not expire 90 days after they joined."""
     store.write([UserWrite(_state("active", 1))])
@@ -94,6 +103,7 @@ def test_every_write_refreshes_the_idle_ttl(store: UserStore) -> None:
     assert 3500 < store.client.ttl(store.key("active")) <= 3600
 
 
+@on_single_and_cluster
 def test_erase_leaves_nothing_of_the_user(store: UserStore) -> None:
     store.write([UserWrite(_state("erase*me", 1)), UserWrite(_state("erase-other", 1))])
     assert store.keys_of("erase*me") == [store.key("erase*me").encode()]
@@ -112,6 +122,7 @@ def test_an_unreachable_redis_raises_store_unavailable() -> None:
         store.read(["anyone"])
 
 
+@on_single_and_cluster
 def test_writes_survive_a_flushed_script_cache(store: UserStore) -> None:
     assert store.write([UserWrite(_state("s", 1))]).written == 1
     store.client.script_flush()  # as after a Redis restart
@@ -119,3 +130,47 @@ def test_writes_survive_a_flushed_script_cache(store: UserStore) -> None:
     state = store.read(["s"])["s"]
     assert state is not None
     assert state.events == 2
+
+
+def _masters_of(store: UserStore, users: list[str]) -> set[str]:
+    """The cluster nodes that hold these users' keys."""
+    assert isinstance(store.client, RedisCluster)
+    return {store.client.get_node_from_key(store.key(user)).name for user in users}
+
+
+@pytest.mark.parametrize("redis_kind", ["cluster"])
+def test_erasure_checks_find_users_on_every_master(store: UserStore) -> None:
+    """``keys_of`` must SCAN each master: a scan of one node would miss most users."""
+    users = [f"spread-{n}" for n in range(24)]
+    assert len(_masters_of(store, users)) == 3, "the users must land on all three masters"
+    store.write([UserWrite(_state(user, 1)) for user in users])
+    assert all(store.keys_of(user) == [store.key(user).encode()] for user in users)
+    assert store.erase(users) == len(users)
+    assert not any(store.keys_of(user) for user in users)
+
+
+@pytest.mark.parametrize("redis_kind", ["cluster"])
+def test_a_master_that_lost_its_scripts_gets_only_its_writes_sent_again(store: UserStore) -> None:
+    """As after a failover: one master lacks the script, the others ran their writes. Only
+    the missing ones are sent again, so none is counted stale and none is lost."""
+    assert isinstance(store.client, RedisCluster)
+    users = [f"noscript-{n}" for n in range(24)]
+    assert store.write([UserWrite(_state(user, 1)) for user in users]).written == len(users)
+    one_master = store.client.get_node_from_key(store.key(users[0]))
+    one_master.redis_connection.script_flush()  # that node alone
+    outcome = store.write([UserWrite(_state(user, 2, events=2)) for user in users])
+    assert (outcome.written, outcome.stale) == (len(users), 0)
+    states = store.read(users)
+    assert all(state is not None and state.events == 2 for state in states.values())
+
+
+@on_single_and_cluster
+def test_model_checkpoints_keep_the_newest_and_one_lease(store: UserStore) -> None:
+    settings = store.settings.with_overrides(model_checkpoints_kept=2)
+    checkpoints = RedisCheckpoints(store.client, settings, "worker-a")
+    assert key_slot(checkpoints.list_key.encode()) == key_slot(checkpoints.lease_key.encode())
+    for data in (b"first", b"second", b"third"):
+        checkpoints.save(data)
+    assert list(checkpoints.newest_first()) == [b"third", b"second"]
+    assert checkpoints.claim(60)
+    assert not RedisCheckpoints(store.client, settings, "worker-b").claim(60)
