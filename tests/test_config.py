@@ -420,4 +420,5 @@ def test_redis_tls_files_go_with_rediss_cluster_urls(tmp_path: Path) -> None:
     )
     assert "needs a rediss:// TAILOR_REDIS_URL (got redis+cluster://)" in message
     settings = Settings(redis_url="rediss+cluster://node-1:7000", redis_ssl_ca_certs=ca)
-    assert settings.redis_tls and settings.redis_is_cluster
+    assert settings.redis_tls
+    assert settings.redis_is_cluster
