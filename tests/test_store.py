@@ -3,7 +3,9 @@ guard, TTL, erasure, model checkpoints."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +176,58 @@ def test_model_checkpoints_keep_the_newest_and_one_lease(store: UserStore) -> No
     assert list(checkpoints.newest_first()) == [b"third", b"second"]
     assert checkpoints.claim(60)
     assert not RedisCheckpoints(store.client, settings, "worker-b").claim(60)
+
+
+def _documented_acl(cluster: bool) -> list[str]:
+    """The ACL rules README's Security section says a Tailor user needs."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rules = re.search(r"`user tailor on >PASSWORD ~tailor\* ([^`]+)`", readme)
+    extra = re.search(r"on a Redis Cluster also\s+`([^`]+)`", readme)
+    assert rules, "README's Security section lost its ACL rules"
+    assert extra, "README's Security section lost the cluster's extra ACL rules"
+    return rules[1].split() + (extra[1].split() if cluster else [])
+
+
+@on_single_and_cluster
+def test_an_acl_user_with_the_documented_rules_can_do_all_tailor_does(
+    redis_under_test: str, redis_kind: str
+) -> None:
+    """Every command of the store and the checkpoints, as the least user README describes
+    (on a cluster the user is made on every node: ACLs are per node)."""
+    user, password = f"tailor-acl-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    admin = connect_redis(Settings(redis_url=redis_under_test))
+    nodes = (
+        [node.redis_connection for node in admin.get_nodes()]
+        if isinstance(admin, RedisCluster)
+        else [admin]
+    )
+    rules = _documented_acl(cluster=redis_kind == "cluster")
+    for node in nodes:
+        assert node is not None
+        node.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~tailor*", *rules)
+    try:
+        settings = Settings(
+            redis_url=redis_under_test,
+            redis_username=user,
+            redis_password=password,
+            redis_key_prefix=f"tailor-{uuid.uuid4().hex[:6]}",
+            vector_dim=4,
+        )
+        store = UserStore(connect_redis(settings), settings)
+        store.check()
+        assert store.ping()
+        assert store.write([UserWrite(_state("acl", 1))]).written == 1
+        for node in nodes:
+            assert node is not None
+            node.script_flush()  # the next write loads the script again
+        assert store.write([UserWrite(_state("acl", 2, events=2))]).written == 1
+        assert store.keys_of("acl") == [store.key("acl").encode()]
+        assert store.erase(["acl"]) == 1
+        checkpoints = RedisCheckpoints(store.client, settings, "acl")
+        checkpoints.save(b"checkpoint")
+        assert list(checkpoints.newest_first()) == [b"checkpoint"]
+        assert checkpoints.claim(60)
+    finally:
+        for node in nodes:
+            assert node is not None
+            node.execute_command("ACL", "DELUSER", user)
