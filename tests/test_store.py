@@ -15,7 +15,13 @@ from redis.crc import key_slot
 
 from tests.servers import on_single_and_cluster
 from worker.config import Settings
-from worker.state.store import RedisCheckpoints, StoreUnavailable, UserStore, connect_redis
+from worker.state.store import (
+    RedisCheckpoints,
+    StoreRefused,
+    StoreUnavailable,
+    UserStore,
+    connect_redis,
+)
 from worker.state.user import Interaction, UserState, UserWrite
 
 pytestmark = pytest.mark.integration
@@ -231,3 +237,23 @@ def test_an_acl_user_with_the_documented_rules_can_do_all_tailor_does(
         for node in nodes:
             assert node is not None
             node.execute_command("ACL", "DELUSER", user)
+
+
+def test_the_cluster_client_on_one_server_is_refused_naming_the_setting(redis_url: str) -> None:
+    settings = Settings(redis_url=redis_url, redis_cluster=True)
+    with pytest.raises(StoreUnavailable, match="TAILOR_REDIS_CLUSTER") as refused:
+        connect_redis(settings)
+    assert "did not give its slot map" in str(refused.value)
+
+
+def test_the_one_server_client_on_a_cluster_stops_naming_the_setting(
+    redis_cluster_url: str,
+) -> None:
+    """Without the cluster client a node answers MOVED for keys of other masters: that is
+    a setting to change, not an outage to wait out."""
+    node_url = redis_cluster_url.replace("redis+cluster://", "redis://")
+    settings = Settings(redis_url=node_url, redis_key_prefix=f"s{uuid.uuid4().hex[:8]}")
+    store = UserStore(connect_redis(settings), settings)
+    with pytest.raises(StoreRefused, match="is a Redis Cluster node") as refused:
+        store.read([f"user-{n}" for n in range(24)])  # some live on the other masters
+    assert "TAILOR_REDIS_CLUSTER=true or use a redis+cluster://" in str(refused.value)

@@ -28,6 +28,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     NoScriptError,
     RedisClusterException,
@@ -194,6 +195,19 @@ def explain_redis_error(error: redis.RedisError | RedisClusterException, setting
     as a generic ConnectionError whose SSL reason sits in ``__context__``.
     """
     where = f"Redis at {redacted_url(settings.redis_url)}"
+    cluster_setting = f"{ENV_PREFIX}REDIS_CLUSTER"
+    if isinstance(error, AskError):  # MOVED or ASK: only a one-server client sees them
+        return (
+            f"{where} is a Redis Cluster node and sends keys to other nodes ({error}); set "
+            f"{cluster_setting}=true or use a redis+cluster:// {ENV_PREFIX}REDIS_URL"
+        )
+    if isinstance(error, RedisClusterException) and "not enabled" in str(error):
+        # redis-py says so for any error reply to CLUSTER SLOTS, a NOPERM included
+        return (
+            f"{where} did not give its slot map ({error}): it is not a Redis Cluster node "
+            f"(then unset {cluster_setting} and use a redis:// or rediss:// "
+            f"{ENV_PREFIX}REDIS_URL), or the user may not run CLUSTER SLOTS (README, Security)"
+        )
     if isinstance(error, redis.AuthenticationError):
         user = settings.redis_username or urlsplit(settings.redis_url).username or "default"
         return (
