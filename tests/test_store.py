@@ -257,3 +257,22 @@ def test_the_one_server_client_on_a_cluster_stops_naming_the_setting(
     with pytest.raises(StoreRefused, match="is a Redis Cluster node") as refused:
         store.read([f"user-{n}" for n in range(24)])  # some live on the other masters
     assert "TAILOR_REDIS_CLUSTER=true or use a redis+cluster://" in str(refused.value)
+
+
+@pytest.mark.parametrize("redis_kind", ["cluster"])
+def test_the_cluster_client_gets_the_timeouts_retries_and_name_of_the_settings(
+    redis_under_test: str,
+) -> None:
+    name = f"tailor-{uuid.uuid4().hex[:6]}"
+    settings = Settings(redis_url=redis_under_test, client_id=name, redis_timeout_s=1.5)
+    client = connect_redis(settings)
+    assert isinstance(client, RedisCluster)
+    assert client.ping()  # a connection to every master
+    options = client.nodes_manager.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (1.5, 1.5)
+    assert client.retry.get_retries() == 3
+    for master in client.get_primaries():
+        assert master.redis_connection is not None
+        clients = master.redis_connection.client_list()
+        assert any(entry["name"] == name for entry in clients), f"unnamed on {master.name}"
+    client.close()
