@@ -276,3 +276,16 @@ def test_the_cluster_client_gets_the_timeouts_retries_and_name_of_the_settings(
         clients = master.redis_connection.client_list()
         assert any(entry["name"] == name for entry in clients), f"unnamed on {master.name}"
     client.close()
+
+
+@on_single_and_cluster
+def test_checkpoints_written_before_the_hash_tag_are_read_after_the_newer_ones(
+    store: UserStore,
+) -> None:
+    """An upgraded worker starts from the checkpoint its predecessor left under the old key
+    instead of rebuilding from what the model topic still retains."""
+    checkpoints = RedisCheckpoints(store.client, store.settings, "upgraded")
+    store.client.lpush(f"{store.settings.redis_key_prefix}:models:checkpoints", b"before")
+    assert list(checkpoints.newest_first()) == [b"before"]
+    checkpoints.save(b"after")
+    assert list(checkpoints.newest_first()) == [b"after", b"before"]

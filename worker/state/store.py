@@ -419,6 +419,10 @@ class RedisCheckpoints:
     the LPUSH and LTRIM of :meth:`save` are one transaction there too, as can be any
     later command that names both. No TTL: the list is bounded by ``keep`` and must
     outlive any outage of the workers. A checkpoint holds no user data (docs/models.md).
+
+    Checkpoints that workers wrote before the keys had the hash tag, under
+    ``<prefix>:models:checkpoints``, are read after the newer ones: a worker upgraded
+    from then starts from them rather than from what the model topic still retains.
     """
 
     def __init__(self, client: RedisClient, settings: Settings, owner: str) -> None:
@@ -426,6 +430,7 @@ class RedisCheckpoints:
         self.keep = settings.model_checkpoints_kept
         self.list_key = f"{settings.redis_key_prefix}:{{models}}:checkpoints"
         self.lease_key = f"{settings.redis_key_prefix}:{{models}}:lease"
+        self.legacy_list_key = f"{settings.redis_key_prefix}:models:checkpoints"
         self.owner = owner
 
     def save(self, data: bytes) -> None:
@@ -436,11 +441,12 @@ class RedisCheckpoints:
 
     def newest_first(self) -> Iterator[bytes]:
         """One checkpoint at a time (each may be tens of MB): the next only if asked."""
-        for index in range(self.keep):
-            data = self.client.lindex(self.list_key, index)
-            if data is None:
-                return
-            yield bytes(data)  # type: ignore[arg-type]
+        for key in (self.list_key, self.legacy_list_key):
+            for index in range(self.keep):
+                data = self.client.lindex(key, index)
+                if data is None:
+                    break
+                yield bytes(data)  # type: ignore[arg-type]
 
     def claim(self, seconds: float) -> bool:
         """The lease expires just before its holder's next turn, so it can take it again."""
