@@ -33,11 +33,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, redis_url: str) -> Settings:
+def redis_kind() -> str:
+    """Which Redis a test runs on: one server, unless marked ``on_single_and_cluster``."""
+    return "single"
+
+
+@pytest.fixture
+def redis_under_test(redis_kind: str, request: pytest.FixtureRequest) -> str:
+    """The URL of the Redis this test runs on; the cluster is started only when asked for."""
+    fixture = {"single": "redis_url", "cluster": "redis_cluster_url"}[redis_kind]
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, redis_under_test: str) -> Settings:
     """Settings on the real servers with fresh topics, group and key prefix."""
-    configured = Settings(bootstrap_servers=kafka_bootstrap, redis_url=redis_url).in_namespace(
-        uuid.uuid4().hex[:10], metrics_port=0, batch_wait_ms=20
-    )
+    configured = Settings(
+        bootstrap_servers=kafka_bootstrap, redis_url=redis_under_test
+    ).in_namespace(uuid.uuid4().hex[:10], metrics_port=0, batch_wait_ms=20)
     create_topics(configured, partitions=2)
     return configured
 

@@ -7,8 +7,14 @@ Redis persistence) is exactly what fakes model poorly, and CI has no Docker engi
 
 Load it from ``tests/conftest.py`` with ``pytest_plugins = ["tests.servers"]``.
 
-Set ``TAILOR_TEST_BOOTSTRAP`` / ``TAILOR_TEST_REDIS_URL`` to point the tests at servers
-that are already running (a developer's own broker, a CI service); nothing is started then.
+Set ``TAILOR_TEST_BOOTSTRAP`` / ``TAILOR_TEST_REDIS_URL`` / ``TAILOR_TEST_REDIS_CLUSTER_URL``
+to point the tests at servers that are already running (a developer's own broker, a CI
+service); nothing is started then.
+
+Tests that must hold on a Redis Cluster as on one server are marked
+:data:`on_single_and_cluster`: they run twice, and the ``settings`` fixture of
+``tests/conftest.py`` points the second run at a three-master cluster started by
+``deploy/local/redis-cluster.sh`` (once per session, only when such a test runs).
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ import pytest
 LOCAL_DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "local"
 BOOTSTRAP_ENV = "TAILOR_TEST_BOOTSTRAP"
 REDIS_URL_ENV = "TAILOR_TEST_REDIS_URL"
+REDIS_CLUSTER_URL_ENV = "TAILOR_TEST_REDIS_CLUSTER_URL"
+
+#: Run a test on the single Redis server and again on the Redis Cluster (the value
+#: overrides the ``redis_kind`` fixture, which the ``settings`` fixture reads).
+on_single_and_cluster = pytest.mark.parametrize("redis_kind", ["single", "cluster"])
 # The first Kafka start resolves the broker jars with Maven, which can take minutes.
 _SCRIPT_TIMEOUT_S = 900.0
 
@@ -137,6 +148,37 @@ class RedisServer:
         return self.start()
 
 
+@dataclass
+class RedisClusterServer:
+    """Three masters and three replicas run by ``deploy/local/redis-cluster.sh``.
+
+    ``url`` (``redis+cluster://127.0.0.1:<port>``) is empty until the first ``start()``.
+    A ``start()`` after a ``stop()`` brings the same cluster back on the same ports (its
+    data too with ``persist``), as after an outage of every node.
+    """
+
+    url: str
+    directory: Path
+    persist: bool = False
+
+    def start(self) -> RedisClusterServer:
+        """Start the six nodes, join them (the first time) and wait for cluster_state:ok."""
+        env = {"REDIS_PERSIST": "1" if self.persist else "0"}
+        stdout = _run_script("redis-cluster.sh", "start", self.directory, env)
+        self.url = _result_line(stdout, "REDIS_URL")
+        return self
+
+    def stop(self) -> None:
+        """Stop every node by its pid."""
+        _run_script("redis-cluster.sh", "stop", self.directory, {})
+
+    def ports(self) -> list[int]:
+        """The client port of every node, masters and replicas alike."""
+        return [
+            int((node / "redis.port").read_text()) for node in sorted(self.directory.glob("node-*"))
+        ]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Register the marker so ``--strict-markers`` accepts it and ``-m`` can select it."""
     config.addinivalue_line(
@@ -169,3 +211,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real three-master Redis Cluster, started once per session (about 7 s)."""
+    if external := os.environ.get(REDIS_CLUSTER_URL_ENV):
+        yield external
+        return
+    cluster = RedisClusterServer(url="", directory=tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start().url
+    finally:
+        cluster.stop()

@@ -369,3 +369,56 @@ def test_redis_tls_settings_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     settings = load_settings()
     assert settings.redis_ssl_ca_certs == tmp_path / "ca.crt"
     assert settings.redis_ssl_keyfile == tmp_path / "client.key"
+
+
+@pytest.mark.parametrize(
+    ("env", "cluster", "tls"),
+    [
+        ({"TAILOR_REDIS_URL": "redis://redis:6379/0"}, False, False),
+        ({"TAILOR_REDIS_URL": "redis+cluster://node-1:7000"}, True, False),
+        ({"TAILOR_REDIS_URL": "rediss+cluster://node-1:7000/0"}, True, True),
+        ({"TAILOR_REDIS_URL": "redis://node-1:7000", "TAILOR_REDIS_CLUSTER": "true"}, True, False),
+        ({"TAILOR_REDIS_URL": "rediss://node-1:7000", "TAILOR_REDIS_CLUSTER": "1"}, True, True),
+    ],
+)
+def test_the_url_scheme_or_the_setting_selects_a_redis_cluster(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], cluster: bool, tls: bool
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.redis_is_cluster, settings.redis_tls) == (cluster, tls)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"TAILOR_REDIS_URL": "unix:///run/redis.sock", "TAILOR_REDIS_CLUSTER": "true"},
+            "TAILOR_REDIS_CLUSTER needs a redis:// or rediss:// TAILOR_REDIS_URL (got unix://",
+        ),
+        (
+            {"TAILOR_REDIS_URL": "redis+cluster://node-1:7000/3"},
+            "TAILOR_REDIS_URL names database '3', but a Redis Cluster has only database 0",
+        ),
+        (
+            {"TAILOR_REDIS_URL": "redis://node-1:7000/2", "TAILOR_REDIS_CLUSTER": "true"},
+            "TAILOR_REDIS_URL names database '2'",
+        ),
+        ({"TAILOR_REDIS_URL": "redis+sentinel://node-1:7000"}, "TAILOR_REDIS_URL (redis_url)"),
+    ],
+)
+def test_a_bad_cluster_setting_is_refused_naming_it(env: dict[str, str], expected: str) -> None:
+    assert expected in _config_error(**env)
+
+
+def test_redis_tls_files_go_with_rediss_cluster_urls(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("pem\n")
+    message = _config_error(
+        TAILOR_REDIS_URL="redis+cluster://node-1:7000", TAILOR_REDIS_SSL_CA_CERTS=str(ca)
+    )
+    assert "needs a rediss:// TAILOR_REDIS_URL (got redis+cluster://)" in message
+    settings = Settings(redis_url="rediss+cluster://node-1:7000", redis_ssl_ca_certs=ca)
+    assert settings.redis_tls
+    assert settings.redis_is_cluster

@@ -1,4 +1,5 @@
-"""When Redis goes away the worker pauses, reports not-ready, and resumes by itself."""
+"""When Redis goes away the worker pauses, reports not-ready, and resumes by itself: one
+server, or every node of a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -7,29 +8,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.helpers import event, produce_events, running_worker, wait_until
-from tests.servers import RedisServer
+from tests.servers import RedisClusterServer, RedisServer, on_single_and_cluster
 from worker.config import Settings
 from worker.metrics import Health
-from worker.state.store import UserStore
+from worker.state.store import UserStore, connect_redis
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own (even when TAILOR_TEST_REDIS_URL names one): it is stopped."""
-    server = RedisServer(url="", directory=tmp_path / "redis", persist=True).start()
+def own_redis(tmp_path: Path, redis_kind: str) -> Iterator[RedisServer | RedisClusterServer]:
+    """A Redis of this test's own (even when TAILOR_TEST_REDIS_URL names one): it is stopped.
+
+    A cluster is stopped whole (every master and replica) and comes back with its
+    nodes.conf and append-only files, as after a power cut of the rack.
+    """
+    kind = {"single": RedisServer, "cluster": RedisClusterServer}[redis_kind]
+    server = kind(url="", directory=tmp_path / "redis", persist=True).start()
     try:
         yield server
     finally:
         server.stop()
 
 
+@on_single_and_cluster
 def test_a_redis_outage_pauses_and_the_worker_resumes_losing_nothing(
-    settings: Settings, own_redis: RedisServer
+    settings: Settings, own_redis: RedisServer | RedisClusterServer
 ) -> None:
     settings = settings.with_overrides(redis_url=own_redis.url, redis_timeout_s=0.5)
     health = Health()
@@ -51,5 +57,5 @@ def test_a_redis_outage_pauses_and_the_worker_resumes_losing_nothing(
         wait_until(lambda: worker.stats.processed == len(before) + len(during), timeout_s=60)
         wait_until(lambda: health.ready)
     assert worker.stats.replayed == 0
-    states = UserStore(redis.Redis.from_url(own_redis.url), settings).read(["o0", "o1", "o2"])
+    states = UserStore(connect_redis(settings), settings).read(["o0", "o1", "o2"])
     assert sum(state.events for state in states.values() if state) == len(before) + len(during)

@@ -3,7 +3,8 @@
 Why SCAN the whole keyspace: ``UserStore.keys_of`` knows the layout it wrote; an erasure
 must also hold against keys it does not know about, so the test lists every key of the
 test's prefix and every key anywhere whose name mentions the user, and checks that a
-user who was not erased is still there (the scan is not looking in the wrong place).
+user who was not erased is still there (the scan is not looking in the wrong place). On a
+Redis Cluster the scans go to every master.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-import redis
 from confluent_kafka import Message
 
 from tests.helpers import TopicReader, event, produce_events, running_worker, wait_until
+from tests.servers import on_single_and_cluster
 from worker.config import Settings
+from worker.state.store import RedisClient, connect_redis
 
 pytestmark = pytest.mark.integration
 
 
-def _keys(client: redis.Redis, pattern: str) -> set[bytes]:
+def _keys(client: RedisClient, pattern: str) -> set[bytes]:
     return set(client.scan_iter(match=pattern, count=1000))
 
 
-def _mentions(client: redis.Redis, settings: Settings, user: str) -> set[bytes]:
+def _mentions(client: RedisClient, settings: Settings, user: str) -> set[bytes]:
     """Keys of the test's prefix that contain the user id, and keys anywhere that do."""
     of_prefix = {
         key for key in _keys(client, f"{settings.redis_key_prefix}*") if user.encode() in key
@@ -45,10 +47,11 @@ def _tombstone(user: str) -> Callable[[list[Message]], bool]:
     return lambda seen: any(m.key() == user.encode() and m.value() is None for m in seen)
 
 
+@on_single_and_cluster
 def test_a_forget_event_and_the_forget_command_leave_nothing_of_the_user(
     settings: Settings, reader: Callable[[str], TopicReader]
 ) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_redis(settings)
     recommendations = reader(settings.recommendations_topic)
     dora, erin, kept = users = (_unique("dora"), _unique("erin"), _unique("kept"))
     with running_worker(settings) as worker:
@@ -78,10 +81,11 @@ def test_a_forget_event_and_the_forget_command_leave_nothing_of_the_user(
     assert _mentions(client, settings, kept), "the scan must find a user not erased"
 
 
+@on_single_and_cluster
 def test_events_still_in_kafka_cannot_bring_back_a_forgotten_user(settings: Settings) -> None:
     """``tailor forget`` races with events of the user not yet processed; its forget event,
     queued behind them in the user's partition, erases what they write back."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_redis(settings)
     late = _unique("late")
     produce_events(settings, [event(late, f"item-{n}") for n in range(3)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}

@@ -1,4 +1,5 @@
-"""The worker end to end on the real Kafka broker and the real Redis server."""
+"""The worker end to end on the real Kafka broker and the real Redis server; the tests
+that hold the worker's Redis use to account run on the Redis Cluster too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pytest
-import redis
 from confluent_kafka import Message
 
 from tests.helpers import (
@@ -27,9 +27,10 @@ from tests.helpers import (
     running_worker,
     wait_until,
 )
+from tests.servers import on_single_and_cluster
 from worker.config import Settings
 from worker.contract import Recommendation
-from worker.state.store import UserStore
+from worker.state.store import UserStore, connect_redis
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +78,7 @@ def _latest_for(reader: TopicReader, user: str) -> dict[str, Any]:
     return [b for b in reader.bodies() if b["user_id"] == user][-1]
 
 
+@on_single_and_cluster
 def test_a_click_refreshes_the_list_toward_what_was_clicked(
     settings: Settings, reader: Callable[[str], TopicReader]
 ) -> None:
@@ -161,9 +163,8 @@ def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(
     assert int(missing["tailor.dlq.source.offset"]) >= 0
 
 
-def test_a_restarted_worker_resumes_from_committed_offsets(
-    settings: Settings, redis_url: str
-) -> None:
+@on_single_and_cluster
+def test_a_restarted_worker_resumes_from_committed_offsets(settings: Settings) -> None:
     first = [event(f"u{n % 5}", f"toys-{n % 30}") for n in range(50)]
     second = [event(f"u{n % 5}", f"garden-{n % 30}") for n in range(30)]
     with running_worker(settings) as worker:
@@ -176,12 +177,13 @@ def test_a_restarted_worker_resumes_from_committed_offsets(
         assert restarted.stats.consumed == len(second)
         assert restarted.stats.replayed == 0
 
-    store = UserStore(redis.Redis.from_url(redis_url), settings)
+    store = UserStore(connect_redis(settings), settings)
     states = store.read([f"u{n}" for n in range(5)])
     assert sum(state.events for state in states.values() if state) == len(first) + len(second)
 
 
-def test_replayed_events_are_not_applied_twice(settings: Settings, redis_url: str) -> None:
+@on_single_and_cluster
+def test_replayed_events_are_not_applied_twice(settings: Settings) -> None:
     events = [event(f"r{n % 4}", f"kitchen-{n % 30}") for n in range(40)]
     with running_worker(settings) as worker:
         produce_events(settings, events)
@@ -193,20 +195,21 @@ def test_replayed_events_are_not_applied_twice(settings: Settings, redis_url: st
         assert again.stats.processed == 0
         assert again.stats.replayed == len(events)
 
-    store = UserStore(redis.Redis.from_url(redis_url), settings)
+    store = UserStore(connect_redis(settings), settings)
     states = store.read([f"r{n}" for n in range(4)])
     assert [state.events if state else 0 for state in states.values()] == [10, 10, 10, 10]
 
 
+@on_single_and_cluster
 def test_the_taste_vector_is_read_from_and_written_to_redis_after_every_event(
-    settings: Settings, redis_url: str
+    settings: Settings,
 ) -> None:
     """The worker folds each event into the vector it read from Redis and writes it back.
 
     Between two events the test plants a vector of its own in Redis: the next vector must
     be that one decayed plus one unit item vector, which only a worker that read it makes.
     """
-    client = redis.Redis.from_url(redis_url)
+    client = connect_redis(settings)
     store = UserStore(client, settings)
     key = store.key("tess")
     _catalog(settings)

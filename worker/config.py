@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -147,7 +148,16 @@ class Settings(BaseSettings):
     )
 
     # Redis
-    redis_url: str = Field("redis://localhost:6379/0", description="redis://, rediss:// or unix://")
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="redis://, rediss:// or unix://; redis+cluster:// or rediss+cluster:// "
+        "for a Redis Cluster",
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="use redis-py's cluster client (a +cluster URL scheme implies it); the URL "
+        "names any one node",
+    )
     redis_username: str | None = Field(None, description="Redis ACL user")
     redis_password: SecretStr | None = Field(None, description="Redis password (secret)")
     redis_ssl_ca_certs: Path | None = Field(
@@ -303,11 +313,24 @@ class Settings(BaseSettings):
     def part_on(self, part: RecommenderPart) -> bool:
         return part not in self.parts_off
 
+    @property
+    def redis_is_cluster(self) -> bool:
+        """True for a Redis Cluster: the setting, or a ``+cluster`` URL scheme."""
+        return self.redis_cluster or _redis_scheme_of(self.redis_url).endswith("+cluster")
+
+    @property
+    def redis_tls(self) -> bool:
+        """True when the Redis URL asks for TLS (``rediss://`` or ``rediss+cluster://``)."""
+        return _redis_scheme_of(self.redis_url).startswith("rediss")
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if _redis_scheme_of(value) not in _REDIS_SCHEMES:
+            raise ValueError(
+                "must start with redis://, rediss://, redis+cluster://, rediss+cluster:// or "
+                "unix://"
+            )
         return value
 
     @field_validator(
@@ -366,16 +389,36 @@ class Settings(BaseSettings):
             for name in ("redis_ssl_ca_certs", "redis_ssl_certfile", "redis_ssl_keyfile")
             if getattr(self, name) is not None
         ]
-        if given and not self.redis_url.startswith("rediss://"):
+        if given and not self.redis_tls:
             verb = "needs" if len(given) == 1 else "need"
             raise ValueError(
                 f"{' and '.join(given)} {verb} a rediss:// {ENV_PREFIX}REDIS_URL "
-                f"(got {self.redis_url.split(':', 1)[0]}://)"
+                f"(got {_redis_scheme_of(self.redis_url)}://)"
             )
         if (self.redis_ssl_certfile is None) != (self.redis_ssl_keyfile is None):
             raise ValueError(
                 f"{ENV_PREFIX}REDIS_SSL_CERTFILE and {ENV_PREFIX}REDIS_SSL_KEYFILE go together "
                 "(for a PEM holding both, give the same file twice)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_cluster_needs_tcp_and_db_0(self) -> Settings:
+        """What redis-py's cluster client would refuse only when it first connects (or, for
+        a database number, silently at odds with the URL), refused at start-up instead."""
+        if not self.redis_is_cluster:
+            return self
+        scheme = _redis_scheme_of(self.redis_url)
+        if scheme == "unix":
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_CLUSTER needs a redis:// or rediss:// "
+                f"{ENV_PREFIX}REDIS_URL (got unix://: a cluster is reached over TCP)"
+            )
+        path = urlsplit(self.redis_url).path.strip("/")
+        if path not in ("", "0"):
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_URL names database {path!r}, but a Redis Cluster has only "
+                f"database 0 ({ENV_PREFIX}REDIS_CLUSTER or a +cluster scheme is set)"
             )
         return self
 
@@ -433,6 +476,14 @@ class Settings(BaseSettings):
     def with_overrides(self, **changes: Any) -> Settings:
         """A validated copy; the demo and tests use it to point at their own servers."""
         return type(self).model_validate({**self.model_dump(), **changes})
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
+
+
+def _redis_scheme_of(url: str) -> str:
+    """The scheme of a Redis URL, without ``://`` (as redis-py reads it: case matters)."""
+    return url.partition("://")[0]
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

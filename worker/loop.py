@@ -19,7 +19,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import orjson
-import redis
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker.config import Settings
@@ -29,6 +28,7 @@ from worker.metrics import Health, Metrics
 from worker.recommend import BatchResult, Envelope, Recommender
 from worker.state.store import (
     RedisCheckpoints,
+    RedisClient,
     StateStore,
     StoreUnavailable,
     UserStore,
@@ -87,7 +87,7 @@ class Worker:
         self,
         settings: Settings,
         *,
-        redis_client: redis.Redis | None = None,
+        redis_client: RedisClient | None = None,
         metrics: Metrics | None = None,
         health: Health | None = None,
         recommender: Recommender | None = None,
@@ -159,7 +159,7 @@ class Worker:
             self.settings, error_cb=self._on_consumer_error, stats_cb=self._on_stats
         )
 
-    def _redis_client(self) -> redis.Redis:
+    def _redis_client(self) -> RedisClient:
         """The one Redis client, connected the first time a collaborator needs it."""
         if self._redis is None:
             self._redis = connect_redis(self.settings)

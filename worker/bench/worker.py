@@ -26,7 +26,6 @@ import confluent_kafka
 import numpy as np
 import numpy.typing as npt
 import orjson
-import redis
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -40,7 +39,7 @@ from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import Clickstream, Workload
 from worker.config import ENV_PREFIX, Settings
 from worker.redaction import redacted_url
-from worker.state.store import connect_redis
+from worker.state.store import RedisClient, connect_redis
 from worker.transport.kafka import client_config, create_topics, make_admin, make_producer
 
 __all__ = ["WorkerOptions", "run_worker"]
@@ -550,7 +549,7 @@ def _flush(producer: Producer, timeout_s: float) -> None:
         raise BenchError(f"{left} messages were not acknowledged by Kafka within {timeout_s} s")
 
 
-def _clean_up(settings: Settings, redis_client: redis.Redis) -> None:
+def _clean_up(settings: Settings, redis_client: RedisClient) -> None:
     """Delete the benchmark's topics, consumer group and Redis keys (best effort)."""
     admin = make_admin(settings)
     topics = [

@@ -4,6 +4,11 @@ Layout: one hash per user, ``<prefix>:{u:<user_id>}``; the ``{u:...}`` hash tag 
 future per-user keys in the same Redis Cluster slot, so one script updates them
 atomically. Every key gets the idle TTL on each write.
 
+The same code runs on one Redis server and on a Redis Cluster (:func:`connect_redis` picks
+the client): every command names one key or one hash tag, pipelines are not transactions
+(redis-py's cluster pipeline splits them by node), the Lua script touches only ``KEYS[1]``,
+and SCAN goes to every master.
+
 Reads and writes are chunked pipelines: one round trip per micro-batch (per chunk of
 ``redis_chunk_size`` commands), never one per event. Writes go through a Lua script that
 refuses a write whose Kafka offsets are at or below the ones already applied, so a batch
@@ -17,11 +22,19 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from worker.config import ENV_PREFIX, Settings
@@ -37,6 +50,7 @@ from worker.state.user import (
 
 __all__ = [
     "RedisCheckpoints",
+    "RedisClient",
     "StateStore",
     "StoreRefused",
     "StoreUnavailable",
@@ -81,6 +95,23 @@ return 1
 assert (TOPIC_ID_FIELD, OFFSET_FIELD_PREFIX) == ("i", "o:"), "the script names both fields"
 
 
+#: What :func:`connect_redis` returns: one server's client, or the cluster client.
+RedisClient: TypeAlias = redis.Redis | RedisCluster
+
+#: Errors that mean "not now" rather than "no": a node away, a failover under way (the
+#: cluster client retries them itself first, and refreshes its slot map on MOVED).
+#: ClusterDownError and TryAgainError are ResponseErrors, so they must be told apart
+#: before a ResponseError is taken for a refusal; RedisClusterException is what the
+#: cluster client raises when no node it knows answers (not a RedisError at all).
+_TRANSIENT: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+)
+
+
 class StateStore(Protocol):
     """Where per-user state lives: Redis (:class:`UserStore`), or a dict in
     :mod:`worker.testing` for the evaluation harness and unit tests."""
@@ -111,14 +142,20 @@ class WriteOutcome:
     stale: int  # refused by the offset guard: another writer had already applied them
 
 
-def connect_redis(settings: Settings) -> redis.Redis:
-    """A client with redis-py's own retry with backoff, timeouts and health checks."""
+def connect_redis(settings: Settings) -> RedisClient:
+    """The one place a Redis client is built: redis-py's own retry with backoff, timeouts,
+    health checks, client name, ACL user and TLS.
+
+    With ``TAILOR_REDIS_CLUSTER`` or a ``+cluster`` URL it is redis-py's
+    :class:`~redis.cluster.RedisCluster`, given the same options where it takes them: it
+    retries (with the same backoff) at the cluster level, where a retry can follow a
+    MOVED to the new master, so its connections take no retry or health-check options of
+    their own. It asks a node for the slot map as it is built, so a cluster that cannot
+    be reached raises :class:`StoreUnavailable` here, saying why.
+    """
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-        "health_check_interval": 15,
         "client_name": settings.client_id,
     }
     if settings.redis_username:
@@ -126,7 +163,25 @@ def connect_redis(settings: Settings) -> redis.Redis:
     if settings.redis_password:
         options["password"] = settings.redis_password.get_secret_value()
     options.update(_tls_options(settings))
-    return redis.Redis.from_url(settings.redis_url, **options)
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    if not settings.redis_is_cluster:
+        return redis.Redis.from_url(
+            settings.redis_url,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=15,
+            **options,
+        )
+    try:
+        return RedisCluster.from_url(_node_url(settings.redis_url), retry=retry, **options)
+    except (redis.RedisError, RedisClusterException) as error:
+        raise StoreUnavailable(explain_redis_error(error, settings)) from error
+
+
+def _node_url(url: str) -> str:
+    """``redis+cluster://node:port`` as redis-py reads it: ``redis://node:port``."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme.removesuffix('+cluster')}://{rest}"
 
 
 def _tls_options(settings: Settings) -> dict[str, Any]:
@@ -135,7 +190,7 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     Verification of the server's certificate and host name is spelled out rather than left
     to redis-py's defaults, which were laxer in older releases.
     """
-    if not settings.redis_url.startswith("rediss://"):
+    if not settings.redis_tls:
         return {}
     options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
     for key, path in (
@@ -148,13 +203,26 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def explain_redis_error(error: redis.RedisError, settings: Settings) -> str:
+def explain_redis_error(error: redis.RedisError | RedisClusterException, settings: Settings) -> str:
     """One line on why Redis cannot be used, naming the settings to look at.
 
     redis-py's own messages do not say which user was refused, and a TLS failure surfaces
     as a generic ConnectionError whose SSL reason sits in ``__context__``.
     """
     where = f"Redis at {redacted_url(settings.redis_url)}"
+    cluster_setting = f"{ENV_PREFIX}REDIS_CLUSTER"
+    if isinstance(error, AskError):  # MOVED or ASK: only a one-server client sees them
+        return (
+            f"{where} is a Redis Cluster node and sends keys to other nodes ({error}); set "
+            f"{cluster_setting}=true or use a redis+cluster:// {ENV_PREFIX}REDIS_URL"
+        )
+    if isinstance(error, RedisClusterException) and "not enabled" in str(error):
+        # redis-py says so for any error reply to CLUSTER SLOTS, a NOPERM included
+        return (
+            f"{where} did not give its slot map ({error}): it is not a Redis Cluster node "
+            f"(then unset {cluster_setting} and use a redis:// or rediss:// "
+            f"{ENV_PREFIX}REDIS_URL), or the user may not run CLUSTER SLOTS (README, Security)"
+        )
     if isinstance(error, redis.AuthenticationError):
         user = settings.redis_username or urlsplit(settings.redis_url).username or "default"
         return (
@@ -173,6 +241,8 @@ def explain_redis_error(error: redis.RedisError, settings: Settings) -> str:
             f"lower {ENV_PREFIX}USER_TTL_S, and keep maxmemory-policy noeviction (an evicted "
             "user state loses the offsets that keep replays from applying twice)"
         )
+    if isinstance(error, ClusterDownError | TryAgainError):
+        return f"{where}: the cluster cannot serve now ({error}); a failover may be under way"
     if isinstance(error, redis.ResponseError):
         return f"{where} refused a command: {error}"
     tls = _ssl_reason(error)
@@ -202,7 +272,7 @@ def _ssl_reason(error: BaseException) -> ssl.SSLError | None:
 class UserStore:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         settings: Settings,
         observe_round_trip: Callable[[float], None] = lambda seconds: None,
     ) -> None:
@@ -226,13 +296,14 @@ class UserStore:
         """
         try:
             self.client.ping()
-        except redis.RedisError as error:
+        except (redis.RedisError, RedisClusterException) as error:
             raise StoreUnavailable(explain_redis_error(error, self.settings)) from error
 
     def ping(self) -> bool:
+        """On a cluster, every master must answer."""
         try:
             return bool(self.client.ping())
-        except redis.RedisError:
+        except (redis.RedisError, RedisClusterException):
             return False
 
     def read(self, user_ids: Sequence[str]) -> dict[str, UserState | None]:
@@ -252,19 +323,38 @@ class UserStore:
         """Apply every user's new state, each atomically and guarded by its offsets."""
         results: list[Any] = []
         for chunk in _chunks(writes, self.chunk):
-            try:
-                results += self._execute(self._write_pipeline(chunk))
-            except redis.exceptions.NoScriptError:
-                # Redis lost its script cache (restart, SCRIPT FLUSH): no write of this
-                # chunk ran, so load the script and send the chunk again.
-                self.client.script_load(_GUARDED_WRITE)
-                results += self._execute(self._write_pipeline(chunk))
+            replies = self._execute(self._write_pipeline(chunk))
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # A server lost its script cache (a restart, SCRIPT FLUSH, or a replica
+                # promoted by a cluster failover: scripts are not replicated). Those writes
+                # did not run, the others did: load the script (on every master) and send
+                # only those again.
+                self._load_script()
+                again = self._execute(self._write_pipeline([chunk[i] for i in missing]))
+                for index, reply in zip(missing, again, strict=True):
+                    replies[index] = reply
+                self._raise_first_error(replies)
+            results += replies
         written = sum(1 for result in results if result == 1)
         return WriteOutcome(written=written, stale=len(results) - written)
 
+    def _load_script(self) -> None:
+        try:
+            self.client.script_load(_GUARDED_WRITE)
+        except _TRANSIENT as error:
+            raise StoreUnavailable(f"Redis unreachable: {error}") from error
+        except redis.ResponseError as error:
+            raise StoreRefused(explain_redis_error(error, self.settings)) from error
+
     def _write_pipeline(self, writes: Sequence[UserWrite]) -> Any:
         """EVALSHA per user: redis-py's Script objects would check SCRIPT EXISTS first,
-        an extra round trip per batch."""
+        an extra round trip per batch.
+
+        Sent as a raw command: redis-py's cluster pipeline blocks its ``evalsha`` method
+        (redis/redis-py#2914, lifted after 8.1) though it routes a raw EVALSHA by its one
+        key like any keyed command; a node that lacks the script answers NOSCRIPT, which
+        :meth:`write` mends."""
         pipe = self.client.pipeline(transaction=False)
         for write in writes:
             state = write.state
@@ -282,7 +372,7 @@ class UserStore:
                 *offsets,
                 *fields,
             ]
-            pipe.evalsha(self._write_sha, 1, self.key(state.user_id), *args)
+            pipe.execute_command("EVALSHA", self._write_sha, 1, self.key(state.user_id), *args)
         return pipe
 
     def erase(self, user_ids: Iterable[str]) -> int:
@@ -301,17 +391,36 @@ class UserStore:
         return list(self.client.scan_iter(match=pattern, count=1000))
 
     def _execute(self, pipe: Any) -> list[Any]:
+        """Run a pipeline; an error reply raises, but for a missing script, which
+        :meth:`write` mends.
+
+        Errors come back per command (``raise_on_error=False``): on a cluster the pipeline
+        is split by node, so some commands may have run while others failed, and the
+        caller must know which.
+        """
         started = time.perf_counter()
         try:
-            replies: list[Any] = pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as error:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except _TRANSIENT as error:
             raise StoreUnavailable(f"Redis unreachable: {error}") from error
-        except redis.exceptions.NoScriptError:
-            raise  # the caller loads the script and sends the chunk again
         except redis.ResponseError as error:
             raise StoreRefused(explain_redis_error(error, self.settings)) from error
         self.observe_round_trip(time.perf_counter() - started)
+        self._raise_first_error(replies, allow=NoScriptError)
         return replies
+
+    def _raise_first_error(
+        self, replies: Sequence[Any], allow: type[Exception] | None = None
+    ) -> None:
+        """Raise :class:`StoreUnavailable` or :class:`StoreRefused` for an error reply."""
+        for reply in replies:
+            if not isinstance(reply, Exception) or (allow and isinstance(reply, allow)):
+                continue
+            if isinstance(reply, _TRANSIENT):
+                raise StoreUnavailable(f"Redis unreachable: {reply}") from reply
+            if isinstance(reply, redis.RedisError):
+                raise StoreRefused(explain_redis_error(reply, self.settings)) from reply
+            raise reply
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -326,17 +435,24 @@ def _glob_escape(text: str) -> str:
 class RedisCheckpoints:
     """Model checkpoints in Redis: a list, newest first, trimmed to the newest ``keep``.
 
-    Keys ``<prefix>:models:checkpoints`` (the list) and ``<prefix>:models:lease`` (who
+    Keys ``<prefix>:{models}:checkpoints`` (the list) and ``<prefix>:{models}:lease`` (who
     writes the next one: ``SET NX PX``, so with N workers one checkpoint is written per
-    interval, not N). No TTL: the list is bounded by ``keep`` and must outlive any
-    outage of the workers. A checkpoint holds no user data (docs/models.md).
+    interval, not N). The ``{models}`` hash tag puts both in one Redis Cluster slot, so
+    the LPUSH and LTRIM of :meth:`save` are one transaction there too, as can be any
+    later command that names both. No TTL: the list is bounded by ``keep`` and must
+    outlive any outage of the workers. A checkpoint holds no user data (docs/models.md).
+
+    Checkpoints that workers wrote before the keys had the hash tag, under
+    ``<prefix>:models:checkpoints``, are read after the newer ones: a worker upgraded
+    from then starts from them rather than from what the model topic still retains.
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings, owner: str) -> None:
+    def __init__(self, client: RedisClient, settings: Settings, owner: str) -> None:
         self.client = client
         self.keep = settings.model_checkpoints_kept
-        self.list_key = f"{settings.redis_key_prefix}:models:checkpoints"
-        self.lease_key = f"{settings.redis_key_prefix}:models:lease"
+        self.list_key = f"{settings.redis_key_prefix}:{{models}}:checkpoints"
+        self.lease_key = f"{settings.redis_key_prefix}:{{models}}:lease"
+        self.legacy_list_key = f"{settings.redis_key_prefix}:models:checkpoints"
         self.owner = owner
 
     def save(self, data: bytes) -> None:
@@ -347,11 +463,12 @@ class RedisCheckpoints:
 
     def newest_first(self) -> Iterator[bytes]:
         """One checkpoint at a time (each may be tens of MB): the next only if asked."""
-        for index in range(self.keep):
-            data = self.client.lindex(self.list_key, index)
-            if data is None:
-                return
-            yield bytes(data)  # type: ignore[arg-type]
+        for key in (self.list_key, self.legacy_list_key):
+            for index in range(self.keep):
+                data = self.client.lindex(key, index)
+                if data is None:
+                    break
+                yield bytes(data)  # type: ignore[arg-type]
 
     def claim(self, seconds: float) -> bool:
         """The lease expires just before its holder's next turn, so it can take it again."""
