@@ -63,7 +63,7 @@ def test_a_master_failover_loses_no_applied_event_and_applies_none_twice(
     assert isinstance(observer, RedisCluster)
     store = UserStore(observer, settings)
     users = [f"f{n}" for n in range(12)]
-    master_port = observer.get_node_from_key(store.key(users[0])).port
+    master_port = observer.get_node_from_key(store.key(users[0])).port  # type: ignore[no-untyped-call]
     replica_port = _replica_of(own_cluster, master_port)
     sent: Counter[str] = Counter()
 
@@ -88,7 +88,7 @@ def test_a_master_failover_loses_no_applied_event_and_applies_none_twice(
         wait_until(lambda: worker.stats.processed == sum(sent.values()), timeout_s=60)
         worker_client = worker.store.client  # type: ignore[attr-defined]
         assert isinstance(worker_client, RedisCluster)
-        followed = worker_client.get_node_from_key(store.key(users[0])).port
+        followed = worker_client.get_node_from_key(store.key(users[0])).port  # type: ignore[no-untyped-call]
     assert followed == replica_port, "the worker's client did not follow the slots"
     assert _replication(master_port)["role"] == "slave", "the old master must now replicate"
     assert worker.stats.replayed == 0

@@ -550,7 +550,9 @@ def test_covisitation_features_keep_its_order_and_single_out_the_latest_item() -
     envelopes = [world.envelope("u", "A03", minutes=100), world.envelope("u", "B04", minutes=101)]
     world.process(envelopes)
     state = world.states["u"]
-    batch = gather_candidates(world.rec, [state], [UserContext.of(envelopes[-1].event)])
+    batch = gather_candidates(
+        world.rec.model_context(), [state], [UserContext.of(envelopes[-1].event)]
+    )
     valid = batch.valid[0]
     rows = batch.rows[0][valid]
     features = batch.features[0][valid]

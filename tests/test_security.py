@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import redis
 from pydantic import SecretStr
 
 from tests.certs import Authority, TlsFiles, write_tls_files
@@ -302,7 +303,9 @@ def test_plaintext_client_cannot_use_the_sasl_listener(sasl_kafka: str) -> None:
 
 def test_connect_redis_passes_tls_files_and_keeps_verification_on(tls: TlsFiles) -> None:
     settings = _redis_settings("rediss://127.0.0.1:6380/0", tls)
-    options = connect_redis(settings).connection_pool.connection_kwargs
+    client = connect_redis(settings)
+    assert isinstance(client, redis.Redis)  # one server, not a cluster
+    options = client.connection_pool.connection_kwargs
     assert options["ssl_ca_certs"] == str(tls.ca)
     assert options["ssl_certfile"] == str(tls.client_cert)
     assert options["ssl_keyfile"] == str(tls.client_key)

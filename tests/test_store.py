@@ -192,7 +192,7 @@ def test_a_write_without_a_topic_id_keeps_the_stored_one(either: StateStore) -> 
 def _masters_of(store: UserStore, users: list[str]) -> set[str]:
     """The cluster nodes that hold these users' keys."""
     assert isinstance(store.client, RedisCluster)
-    return {store.client.get_node_from_key(store.key(user)).name for user in users}
+    return {store.client.get_node_from_key(store.key(user)).name for user in users}  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.parametrize("redis_kind", ["cluster"])
@@ -213,7 +213,7 @@ def test_a_master_that_lost_its_scripts_gets_only_its_writes_sent_again(store: U
     assert isinstance(store.client, RedisCluster)
     users = [f"noscript-{n}" for n in range(24)]
     assert store.write([UserWrite(_state(user, 1)) for user in users]).written == len(users)
-    one_master = store.client.get_node_from_key(store.key(users[0]))
+    one_master = store.client.get_node_from_key(store.key(users[0]))  # type: ignore[no-untyped-call]
     one_master.redis_connection.script_flush()  # that node alone
     outcome = store.write([UserWrite(_state(user, 2, events=2)) for user in users])
     assert (outcome.written, outcome.stale) == (len(users), 0)
@@ -252,7 +252,7 @@ def test_an_acl_user_with_the_documented_rules_can_do_all_tailor_does(
     user, password = f"tailor-acl-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     admin = connect_redis(Settings(redis_url=redis_under_test))
     nodes = (
-        [node.redis_connection for node in admin.get_nodes()]
+        [node.redis_connection for node in admin.get_nodes()]  # type: ignore[no-untyped-call]
         if isinstance(admin, RedisCluster)
         else [admin]
     )
@@ -320,7 +320,7 @@ def test_the_cluster_client_gets_the_timeouts_retries_and_name_of_the_settings(
     options = client.nodes_manager.connection_kwargs
     assert (options["socket_timeout"], options["socket_connect_timeout"]) == (1.5, 1.5)
     assert client.retry.get_retries() == 3
-    for master in client.get_primaries():
+    for master in client.get_primaries():  # type: ignore[no-untyped-call]
         assert master.redis_connection is not None
         clients = master.redis_connection.client_list()
         assert any(entry["name"] == name for entry in clients), f"unnamed on {master.name}"

@@ -588,7 +588,9 @@ class Recommender:
                 missing.append(user)
         if missing:
             contexts = [UserContext.of(user.fresh[0].event) for user in missing]
-            batch = gather_candidates(self._context(), [user.state for user in missing], contexts)
+            batch = gather_candidates(
+                self.model_context(), [user.state for user in missing], contexts
+            )
             for slot, user in enumerate(missing):
                 self._remember_shown(user.state.user_id, batch.user(slot))
         for user, chosen in lessons:
@@ -611,7 +613,7 @@ class Recommender:
         """Each user's top-K as (item id, score, reasons), best first, in one batch."""
         if not states:
             return []
-        models = self._context()
+        models = self.model_context()
         batch = gather_candidates(models, states, contexts)
         scores = self.ranker.score(batch.features)
         remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
@@ -619,7 +621,7 @@ class Recommender:
             self._remember_shown(state.user_id, candidates)
         return finish_lists(models, states, contexts, batch, scores)
 
-    def _context(self) -> ModelContext:
+    def model_context(self) -> ModelContext:
         """The models as candidate gathering and list assembly see them, for one batch."""
         return ModelContext(
             settings=self.settings,
