@@ -218,10 +218,9 @@ def test_kafka_away_past_the_outage_timeout_stops_without_committing() -> None:
     sink.away = True
     cluster.send("ann", "lamp")
     cluster.send("bo", "lamp")
-    started = time.monotonic()
-    with pytest.raises(DeliveryFailed, match="producer queue is full"):
+    # Raised only once the wait has outlasted the outage timeout (Worker._await_kafka).
+    with pytest.raises(DeliveryFailed, match=r"producer queue is full after \d+ s: Kafka stayed"):
         drain(worker)
-    assert 1.5 <= time.monotonic() - started < 10
     assert not worker.health.ready
     assert "not acknowledging" in worker.health.why
     assert worker.health.alive

@@ -6,6 +6,8 @@ vectors), the business filters (unavailable, deny-listed categories) and the rea
 
 from __future__ import annotations
 
+import functools
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,14 +16,12 @@ from scipy import sparse
 
 from worker.contract import CatalogItem
 from worker.models.arrays import grow_rows
-from worker.models.hashing import hashed_normal
 
 __all__ = ["Catalog", "content_vectors"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
 
-_TOKEN_SEED = 0x70C5  # catalog words' directions: fixed, not a setting (checkpoints hold them)
 _NO_CATEGORY = -1
 
 
@@ -116,7 +116,7 @@ def content_vectors(
             weights.append(2.0 if token.startswith("c:") else 1.0)
     vectors = np.zeros((len(words), dim), dtype=np.float64)
     if vocabulary:
-        directions = hashed_normal(list(vocabulary), dim, _TOKEN_SEED) / np.sqrt(dim)
+        directions = np.stack([_token_vector(token, dim) for token in vocabulary])
         counts = sparse.csr_matrix((weights, (rows, columns)), shape=(len(words), len(vocabulary)))
         vectors += counts @ directions
     for slot, embedding in enumerate(embeddings):
@@ -128,3 +128,13 @@ def content_vectors(
     valid = norms > 0.0
     vectors[valid] /= norms[valid, None]
     return vectors.astype(np.float32), valid
+
+
+@functools.lru_cache(maxsize=200_000)
+def _token_vector(token: str, dim: int) -> npt.NDArray[np.float64]:
+    """A fixed random direction per word (cached: catalogs repeat their words). Changing
+    how it is drawn would move every item's content start, and with it the lists."""
+    seed = zlib.crc32(token.encode("utf-8"))
+    vector: npt.NDArray[np.float64] = np.random.default_rng(seed).standard_normal(dim)
+    vector /= np.sqrt(dim)
+    return vector
