@@ -1,9 +1,9 @@
 """Random draws that depend only on a key: the same in every worker, without a generator.
 
-Item vectors start from their item id and catalog words point in fixed directions, so
-that every worker, every restart and every replay places them alike. Seeding a numpy
-generator per key costs tens of microseconds; a counter-based hash of the key and the
-coordinate costs nothing per key once vectorised.
+Item vectors start from their item id, so that every worker, every restart and every
+replay places an item alike. Seeding a numpy generator per key costs tens of
+microseconds; a counter-based hash of the key and the coordinate costs nothing per key
+once vectorised, which matters when a catalog of 100k items starts at once.
 """
 
 from __future__ import annotations
