@@ -15,12 +15,18 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from worker import __version__
 from worker.argtypes import positive_float, positive_int, share
 from worker.config import ConfigError, Settings, load_settings
 from worker.extras import EXTRAS, missing_extra
 from worker.redaction import RedactingFormatter, redact
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from worker.bench import Workload
 
 __all__ = ["main"]
 
@@ -196,47 +202,63 @@ def _evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bench = commands.add_parser(
-        "bench",
-        help="measure throughput and latency on a synthetic clickstream and print the numbers",
-        description="Benchmarks that print measurements (a table; --json for machines). "
-        "`tailor bench core` times the recommender core alone, without I/O; `tailor bench "
-        "worker` runs the real worker on the Kafka and Redis of the settings "
-        "(TAILOR_BOOTSTRAP_SERVERS, TAILOR_REDIS_URL) on topics and keys of its own. Both "
-        "play one seeded synthetic stream: Zipf-like item and user popularity, users who "
-        "mostly stay within a few favourite categories, mostly views and clicks.",
-    )
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument(
-        "--items", type=positive_int, default=100_000, help="catalog items (default 100000)"
-    )
-    shared.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--categories",
         type=positive_int,
         default=500,
         help="leaf categories the items fall into (default 500)",
     )
-    shared.add_argument(
+    common.add_argument(
         "--users", type=positive_int, default=50_000, help="distinct users (default 50000)"
     )
-    shared.add_argument(
+    common.add_argument(
         "--batch-size",
         type=positive_int,
         metavar="N",
         help="events per micro-batch (default TAILOR_BATCH_SIZE)",
     )
-    shared.add_argument(
+    common.add_argument(
         "--seed", type=int, default=7, help="seed of the synthetic catalog and stream (default 7)"
     )
-    shared.add_argument(
+    common.add_argument(
         "--json", type=Path, metavar="OUT", help="also write the measured numbers as JSON here"
     )
-    shared.add_argument(
+    common.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bar (it is also off when stdout is not a terminal)",
     )
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="measure Tailor side by side with a Quix Streams + River peer and a bare relay",
+        description="Benchmarks that print measurements (a table; --json for machines). "
+        "Without a PART, `tailor bench` runs every part on one seeded synthetic stream: the "
+        "recommender core alone (core), then Tailor (`tailor run`, --workers processes), "
+        "the peer (the same job as a per-message Quix Streams + River app, installed on "
+        "first use into its own venv, .tailor/peer-venv) and a bare relay (consume, produce "
+        "the same bytes, commit), each on topics and Redis keys of its own on the Kafka and "
+        "Redis of the settings (TAILOR_BOOTSTRAP_SERVERS, TAILOR_REDIS_URL). For each it "
+        "reports drain events/s, CPU ms per 1,000 events, peak RSS, start to first output, "
+        "event -> output latency at half the drain rate and at --rate, Redis commands and "
+        "round trips per event, Kafka bytes per event and Redis bytes per user; Tailor's "
+        "throughput as a multiple of the peer's and a fraction of the relay's. The stream: "
+        "Zipf-like item and user popularity, users who mostly stay within a few favourite "
+        "categories, mostly views and clicks. Options go after the PART when one is given.",
+    )
+    _side_arguments(bench, with_systems=True)
+    kinds = bench.add_subparsers(dest="bench", required=False, metavar="PART")
+    shared = argparse.ArgumentParser(add_help=False, parents=[common])
+    shared.add_argument(
+        "--items", type=positive_int, default=100_000, help="catalog items (default 100000)"
+    )
+    for name, what in (
+        ("peer", "the Quix Streams + River peer alone, measured as in `tailor bench`"),
+        ("relay", "the bare relay alone (the ceiling), measured as in `tailor bench`"),
+    ):
+        part = kinds.add_parser(name, parents=[common], help=what, description=what + ".")
+        _side_arguments(part)
     core = kinds.add_parser(
         "core",
         parents=[shared],
@@ -318,6 +340,111 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         action="store_true",
         help="keep the topics, consumer group and Redis keys the benchmark made",
     )
+
+
+def _side_arguments(parser: argparse.ArgumentParser, *, with_systems: bool = False) -> None:
+    """The options of the side-by-side run (`tailor bench`, `tailor bench peer`/`relay`)."""
+    parser.add_argument(
+        "--items",
+        type=positive_int,
+        nargs="+",
+        default=[100_000],
+        metavar="N",
+        help="catalog sizes: core, Tailor and the peer run at each, the relay at the first "
+        "(default 100000; e.g. --items 10000 100000 1000000)",
+    )
+    parser.add_argument(
+        "--events",
+        type=positive_int,
+        default=30_000,
+        help="events of the timed drain, produced as fast as possible (default 30000)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=share,
+        default=0.2,
+        metavar="SHARE",
+        help="this share of --events waits in the topic when a system starts, untimed "
+        "(default 0.2)",
+    )
+    parser.add_argument(
+        "--latency-events",
+        type=positive_int,
+        default=3_000,
+        metavar="N",
+        help="events of each paced latency phase (default 3000)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=positive_float,
+        default=500.0,
+        metavar="PER_S",
+        help="events/s of the second latency phase; the first runs at half the system's "
+        "drain rate (default 500)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="processes of each system in one consumer group (default 1)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=positive_int,
+        default=4,
+        help="partitions of each system's topics, at least --workers (default 4)",
+    )
+    parser.add_argument(
+        "--memory-users",
+        type=positive_int,
+        default=100_000,
+        metavar="N",
+        help="users whose Redis keys MEMORY USAGE sums after a run (default 100000)",
+    )
+    parser.add_argument(
+        "--peer-venv",
+        type=Path,
+        metavar="DIR",
+        help="the peer's virtual environment, made on first use (default .tailor/peer-venv)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up when one phase takes longer (default 600)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the topics, consumer groups and Redis keys the benchmark made",
+    )
+    parser.add_argument(
+        "--append-benchmarks",
+        type=Path,
+        nargs="?",
+        const=Path("BENCHMARKS.md"),
+        metavar="FILE",
+        help='append the run as a Markdown row to FILE\'s "Issue 11: side by side" '
+        "section (default FILE: BENCHMARKS.md)",
+    )
+    if with_systems:
+        parser.add_argument(
+            "--systems",
+            type=_systems,
+            default=("core", "tailor", "peer", "relay"),
+            metavar="LIST",
+            help="which parts to run, comma-separated (default core,tailor,peer,relay)",
+        )
+
+
+def _systems(text: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    known = ("core", "tailor", "peer", "relay")
+    if not chosen or set(chosen) - set(known):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated subset of {','.join(known)}")
+    return chosen
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -505,11 +632,12 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     )
 
     console = Console()
-    workload = Workload(
-        items=args.items, categories=args.categories, users=args.users, seed=args.seed
-    )
+    first = args.items[0] if isinstance(args.items, list) else args.items
+    workload = Workload(items=first, categories=args.categories, users=args.users, seed=args.seed)
     if args.batch_size is not None:
         settings = settings.with_overrides(batch_size=args.batch_size)
+    if args.bench in {None, "peer", "relay"}:
+        return _bench_side_by_side(settings, args, workload, console)
     try:
         if args.bench == "core":
             core = CoreOptions(
@@ -539,6 +667,43 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     print_report(result, console)
     if args.json is not None:
         write_json(result, args.json)
+    return 0
+
+
+def _bench_side_by_side(
+    settings: Settings, args: argparse.Namespace, workload: Workload, console: Console
+) -> int:
+    from worker.bench import BenchError, SideOptions, print_report, run_side_by_side, write_json
+    from worker.bench.report import append_benchmarks
+
+    systems = getattr(args, "systems", None) or (args.bench,)
+    options = SideOptions(
+        workload=workload,
+        items=tuple(args.items),
+        systems=tuple(systems),
+        events=args.events,
+        warmup=args.warmup,
+        latency_events=args.latency_events,
+        rate=args.rate,
+        workers=args.workers,
+        partitions=args.partitions,
+        memory_users=args.memory_users,
+        peer_venv=args.peer_venv,
+        keep=args.keep,
+        timeout_s=args.timeout,
+        progress=not args.no_progress,
+    )
+    try:
+        result = run_side_by_side(settings, options, console)
+    except BenchError as error:
+        print(f"tailor bench: {error}", file=sys.stderr)
+        return 1
+    print_report(result, console)
+    if args.json is not None:
+        write_json(result, args.json)
+    if args.append_benchmarks is not None:
+        command = "tailor " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else ""
+        append_benchmarks(result, args.append_benchmarks, command or "tailor bench")
     return 0
 
 

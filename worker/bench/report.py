@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,16 @@ from rich.table import Table
 from worker import __version__
 from worker.bench.common import Json
 
-__all__ = ["machine_info", "now_iso", "print_report", "write_json"]
+__all__ = [
+    "SIDE_BY_SIDE_HEADING",
+    "append_benchmarks",
+    "machine_info",
+    "markdown_row",
+    "now_iso",
+    "print_report",
+    "side_by_side_rows",
+    "write_json",
+]
 
 
 IntArray = npt.NDArray[np.int64]
@@ -91,12 +101,20 @@ def write_json(result: Json, path: Path) -> None:
 
 def print_report(result: Json, console: Console) -> None:
     """The measured numbers as tables: what was measured, then what it ran on."""
+    if result["bench"] == "all":
+        _print_side_by_side(result, console)
+        _print_context(result, console)
+        return
     table = Table(title=f"tailor bench {result['bench']}", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for name, value in _rows(result):
         table.add_row(name, value)
     console.print(table)
+    _print_context(result, console)
+
+
+def _print_context(result: Json, console: Console) -> None:
     options = result["options"]
     console.print(
         "workload: " + ", ".join(f"{key} {value}" for key, value in options.items()),
@@ -170,3 +188,215 @@ def _rows(result: Json) -> list[tuple[str, str]]:
         ("event -> list max ms", f"{ms['max']:.1f}"),
         ("worker exit status (after SIGTERM)", str(result["worker_exit_code"])),
     ]
+
+
+_RSS, _COMMANDS, _BYTES_IN = "peak_rss_mb", "redis_commands_per_event", "kafka_bytes_in_per_event"
+#: The BENCHMARKS.md section that ``--append-benchmarks`` adds rows to.
+SIDE_BY_SIDE_HEADING = "## Issue 11: side by side"
+_NAMES = {
+    "tailor": "Tailor (`tailor run`)",
+    "peer": "peer (Quix Streams + River)",
+    "relay": "relay",
+}
+
+
+def _column_title(run: Json, several_sizes: bool) -> str:
+    title = _NAMES[run["system"]]
+    return f"{title} @ {run['items']:,}" if several_sizes and run["system"] != "relay" else title
+
+
+def side_by_side_rows(result: Json) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The table of a side-by-side run: column titles, then (measure, cell per column)."""
+    runs: list[Json] = result["runs"]
+    several = len(result["options"]["items"]) > 1
+    titles = [_column_title(run, several) for run in runs]
+    compared = {row["items"]: row for row in result["comparisons"]}
+
+    def row(name: str, cell: Callable[[Json], str]) -> tuple[str, list[str]]:
+        return name, [cell(run) for run in runs]
+
+    def latency(phase: str, key: str) -> Callable[[Json], str]:
+        return lambda run: f"{run[phase]['ms'][key]:.1f}"
+
+    def compare(key: str, shown: str) -> Callable[[Json], str]:
+        def cell(run: Json) -> str:
+            value = compared.get(run["items"], {}).get(key) if run["system"] == "tailor" else None
+            return shown.format(value) if value is not None else ""
+
+        return cell
+
+    def memory(run: Json) -> str:
+        used = run.get("redis_memory")
+        return f"{used['bytes_per_user']:,.0f} ({used['users']:,} users)" if used else "-"
+
+    def million(run: Json) -> str:
+        used = run.get("redis_memory")
+        return f"{used['mib_per_million_users']:,.0f}" if used else "-"
+
+    rows = [
+        row("catalog items", lambda run: f"{run['items']:,}" if run["system"] != "relay" else "-"),
+        row("drain events/s", lambda run: f"{run['drain']['events_per_s']:,.0f}"),
+        row("  x the peer's", compare("throughput_x_peer", "{:.2f}x")),
+        row("  share of the relay's", compare("throughput_of_relay", "{:.1%}")),
+        row("CPU ms per 1,000 events", lambda run: f"{run['drain']['cpu_ms_per_1000']:,.0f}"),
+        row("  x the peer's", compare("cpu_per_event_x_peer", "{:.2f}x")),
+        row("peak RSS MB per process", lambda run: " / ".join(f"{m:,.0f}" for m in run[_RSS])),
+        row("start to first output s", lambda run: f"{run['start_to_first_output_s']:.1f}"),
+        row(
+            "half drain: rate asked / sent (/s)",
+            lambda run: (
+                f"{run['latency_half_drain']['rate']:,.0f} / "
+                f"{run['latency_half_drain']['achieved_rate']:,.0f}"
+            ),
+        ),
+        row("  event -> output p50 ms", latency("latency_half_drain", "p50")),
+        row("  p95 ms", latency("latency_half_drain", "p95")),
+        row("  p99 ms", latency("latency_half_drain", "p99")),
+        row("  max ms", latency("latency_half_drain", "max")),
+        row(
+            "at --rate: rate asked / sent (/s)",
+            lambda run: (
+                f"{run['latency_at_rate']['rate']:,.0f} / "
+                f"{run['latency_at_rate']['achieved_rate']:,.0f}"
+            ),
+        ),
+        row("  event -> output p50 ms", latency("latency_at_rate", "p50")),
+        row("  p95 ms", latency("latency_at_rate", "p95")),
+        row("  p99 ms", latency("latency_at_rate", "p99")),
+        row("  max ms", latency("latency_at_rate", "max")),
+        row("Redis commands per event", lambda run: f"{run['drain'][_COMMANDS]:.2f}"),
+        row(
+            "Redis round trips per event (reads)",
+            lambda run: f"{run['drain']['redis_round_trips_per_event']:.3f}",
+        ),
+        row("Kafka bytes in per event", lambda run: f"{run['drain'][_BYTES_IN]:,.0f}"),
+        row(
+            "Kafka bytes out per event",
+            lambda run: f"{run['drain']['kafka_bytes_out_per_event']:,.0f}",
+        ),
+        row("Redis bytes per user (mean)", memory),
+        row("  MiB per 1M users", million),
+        row("outputs published (drain + paced)", lambda run: f"{run['outputs']:,}"),
+    ]
+    return titles, rows
+
+
+def _print_side_by_side(result: Json, console: Console) -> None:
+    if result["runs"]:
+        titles, rows = side_by_side_rows(result)
+        table = Table(title="tailor bench: side by side", title_justify="left")
+        table.add_column("measure")
+        for title in titles:
+            table.add_column(title, justify="right")
+        for name, cells in rows:
+            table.add_row(name, *cells)
+        console.print(table)
+        console.print(_FOOTNOTE, highlight=False, soft_wrap=True)
+    if result["core"]:
+        table = Table(title="recommender core alone (no I/O)", title_justify="left")
+        table.add_column("catalog items")
+        for title in ("events/s", "batch p50 ms", "batch p99 ms", "catalog load s"):
+            table.add_column(title, justify="right")
+        for core in result["core"]:
+            table.add_row(
+                f"{core['catalog_items']:,}",
+                f"{core['events_per_s']:,.0f}",
+                f"{core['batch_ms']['p50']:.1f}",
+                f"{core['batch_ms']['p99']:.1f}",
+                f"{core['catalog_load_s']:.1f}",
+            )
+        console.print(table)
+
+
+_FOOTNOTE = (
+    "Each system read the same events from topics of its own. Drain: from the first "
+    "produce to the first output covering the last event, as a reader of the output topic "
+    "sees it. CPU and peak RSS: /proc of the system's processes. Redis round trips: read "
+    "events on the server's client sockets (INFO stats total_reads_processed), about one "
+    "per request or pipeline. Kafka bytes: events in (plus model deltas read by Tailor "
+    "workers), outputs out (lists, plus Tailor's model deltas). The peer handles one "
+    "message at a time: a Redis GET and SET per event, in-memory co-visitation and "
+    "popularity, a River logistic regression scoring each candidate; no taste vectors, "
+    "content neighbours, trending decay, segments, diversity, exploration, exactly-once "
+    "state or shared models (README, Benchmarks)."
+)
+
+
+def markdown_row(result: Json, command: str) -> str:
+    """One line of the BENCHMARKS.md table: when, what, and the headline figures."""
+    runs = result["runs"]
+
+    def of(system: str, items: int | None = None) -> Json | None:
+        return next(
+            (
+                run
+                for run in runs
+                if run["system"] == system and (items is None or run["items"] == items)
+            ),
+            None,
+        )
+
+    first = result["options"]["items"][0]
+    tailor, peer, relay = of("tailor", first), of("peer", first), of("relay")
+    compared: Json = next((row for row in result["comparisons"] if row["items"] == first), {})
+
+    def each(key: Callable[[Json], float], shown: str) -> str:
+        return " / ".join(shown.format(key(run)) if run else "-" for run in (tailor, peer, relay))
+
+    host = result["machine"]
+    cells = [
+        result["when"][:10],
+        f"`{host['git'] or '?'}`",
+        f"{host['cores']} cores, {host['cpu_model']}",
+        f"`{command}`",
+        f"{first:,}",
+        each(lambda run: run["drain"]["events_per_s"], "{:,.0f}"),
+        f"{compared['throughput_x_peer']:.2f}x" if "throughput_x_peer" in compared else "-",
+        f"{compared['throughput_of_relay']:.1%}" if "throughput_of_relay" in compared else "-",
+        each(lambda run: run["drain"]["cpu_ms_per_1000"], "{:,.0f}"),
+        each(lambda run: run["latency_at_rate"]["ms"]["p99"], "{:.1f}"),
+        each(lambda run: run["latency_half_drain"]["ms"]["p99"], "{:.1f}"),
+        each(lambda run: max(run["peak_rss_mb"]), "{:,.0f}"),
+        each(
+            lambda run: run["redis_memory"]["bytes_per_user"] if run["redis_memory"] else 0.0,
+            "{:,.0f}",
+        ),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+_TABLE_HEAD = (
+    "| date | commit | machine | command | items | drain events/s T / P / R | T x peer "
+    "| T of relay | CPU ms per 1k events T / P / R | p99 ms at --rate T / P / R "
+    "| p99 ms at half drain T / P / R | peak RSS MB T / P / R | Redis bytes per user T / P |\n"
+    "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+)
+
+
+def append_benchmarks(result: Json, path: Path, command: str) -> None:
+    """Add the run's row to the side-by-side section of ``path`` (made when missing)."""
+    text = path.read_text() if path.exists() else ""
+    line = markdown_row(result, command)
+    lines = text.splitlines()
+    if SIDE_BY_SIDE_HEADING not in lines:
+        block = [
+            "",
+            SIDE_BY_SIDE_HEADING,
+            "",
+            "Rows appended by `tailor bench --append-benchmarks` (T: Tailor, P: the peer, R: "
+            "the relay).",
+            "",
+            *_TABLE_HEAD.split("\n"),
+            line,
+        ]
+        path.write_text(text.rstrip("\n") + "\n" + "\n".join(block) + "\n")
+        return
+    start = lines.index(SIDE_BY_SIDE_HEADING)
+    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+    table = [k for k in range(start, end) if lines[k].startswith("| ")]
+    if table:
+        at = table[-1] + 1
+        lines.insert(at, line)
+    else:
+        lines[end:end] = ["", *_TABLE_HEAD.split("\n"), line, ""]
+    path.write_text("\n".join(lines) + "\n")
