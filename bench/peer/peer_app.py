@@ -10,8 +10,10 @@ writes the state back (one SET with a TTL) and returns the top K in the shape of
 
 It is a fair, plainly written app, not tuned against itself and not a strawman: the
 popular list is refreshed every ``POPULAR_EVERY`` events rather than sorted per message,
-co-visitation keeps the neighbours of the user's last items, unavailable items are
-filtered (the catalog topic is read once at start). What it does not do beside Tailor:
+the candidates are as many as Tailor's at its defaults (20 co-visited items for each of
+the user's last three, the 100 most popular), the ranker learns from a chosen item and
+two passed over as Tailor's does, unavailable items are filtered (the catalog topic is
+read once at start). What it does not do beside Tailor:
 no taste vectors, content neighbours, trending decay, segments, sessions, diversity,
 exploration, exactly-once state, shared models across processes, DLQ or metrics.
 
@@ -37,8 +39,9 @@ from river import linear_model, optim, preprocessing
 
 TOP_K = 20
 RECENT = 10  # items kept per user
-NEIGHBOURS = 50  # co-visited items taken per recent item
-POPULAR = 100  # popular items always among the candidates
+NEIGHBOURS = 20  # co-visited items taken per recent item (Tailor: covis_candidates 20)
+POPULAR = 100  # popular items always among the candidates (Tailor: trending_pool 100)
+PASSED_OVER = 2  # skipped items learnt as negatives per event (Tailor: 2 per chosen item)
 POPULAR_EVERY = 1000  # events between two refreshes of the popular list
 STATE_TTL_S = 30 * 24 * 3600
 WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 4.0, "like": 3.0}
@@ -70,8 +73,8 @@ class PeerRecommender:
         if not item:
             return None
         recent: list[str] = state["recent"]
-        for shown in state["shown"]:  # feedback on the previous list: clicked or skipped
-            self.model.learn_one(self.features(shown, recent, item), shown == item)
+        for shown, chosen in feedback(state["shown"], item):  # on the previous list
+            self.model.learn_one(self.features(shown, recent, item), chosen)
         weight = WEIGHTS.get(event.get("type", "view"), 1.0)
         self.popularity[item] += weight
         for earlier in recent[-3:]:
@@ -130,6 +133,18 @@ class PeerRecommender:
             if self.covis[earlier].get(candidate):
                 return f"viewed together with {earlier}"
         return "popular now"
+
+
+def feedback(shown: list[str], item: str) -> list[tuple[str, bool]]:
+    """What the previous list teaches: the chosen item, and the items shown above it.
+
+    As Tailor's ranker learns: a chosen item is a positive, ``PASSED_OVER`` items the
+    user passed over are negatives (the top of the list when nothing on it was chosen).
+    """
+    if item in shown:
+        above = shown[: shown.index(item)][:PASSED_OVER]
+        return [(item, True), *((other, False) for other in above)]
+    return [(other, False) for other in shown[:PASSED_OVER]]
 
 
 def read_catalog(bootstrap: str, topic: str, group: str) -> dict[str, tuple[bool, str]]:
