@@ -17,6 +17,9 @@ from rich.console import Console
 
 from worker.bench import BenchError, Clickstream, WorkerOptions, Workload, run_worker
 from worker.bench import worker as bench_worker
+from worker.bench.procstat import cpu_seconds, peak_rss_bytes
+from worker.bench.report import SIDE_BY_SIDE_HEADING, append_benchmarks
+from worker.bench.sidebyside import comparisons
 from worker.cli import main
 from worker.config import Settings
 from worker.contract import CatalogItem, Event
@@ -140,6 +143,23 @@ def test_the_synthetic_stream_is_valid_skewed_and_continues() -> None:
                 "--json",
             ],
         ),
+        (
+            "peer",
+            [
+                "--items",
+                "--events",
+                "--warmup",
+                "--latency-events",
+                "--rate",
+                "--workers",
+                "--partitions",
+                "--memory-users",
+                "--peer-venv",
+                "--append-benchmarks",
+                "--keep",
+                "--json",
+            ],
+        ),
     ],
 )
 def test_help_explains_every_option(
@@ -241,3 +261,210 @@ def test_bench_worker_reports_a_worker_that_dies(
         run_worker(settings, options, Console(quiet=True))
     assert "worker log line" in str(caught.value)
     assert "it broke" in str(caught.value)
+
+
+# --- `tailor bench` side by side: Tailor, the peer and the relay on the same events ---
+
+SIDE_TINY = [
+    "--items",
+    "300",
+    "--categories",
+    "10",
+    "--users",
+    "100",
+    "--events",
+    "400",
+    "--latency-events",
+    "60",
+    "--rate",
+    "100",
+    "--partitions",
+    "2",
+    "--no-progress",
+]
+
+
+@pytest.mark.integration
+def test_tailor_bench_runs_every_system_side_by_side(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The whole command on a tiny load: every system and measure, counts as sent.
+
+    The peer's venv is made on first use (PyPI, about a minute) in the checkout's
+    ``.tailor/peer-venv`` and reused afterwards.
+    """
+    for name, value in settings.as_environment().items():  # the suite's Kafka and Redis
+        if name in {"TAILOR_BOOTSTRAP_SERVERS", "TAILOR_REDIS_URL"}:
+            monkeypatch.setenv(name, value)
+    out, book = tmp_path / "side.json", tmp_path / "BENCHMARKS.md"
+    book.write_text("# Benchmarks\n")
+    code = main(["bench", *SIDE_TINY, "--json", str(out), "--append-benchmarks", str(book)])
+    assert code == 0
+    result: dict[str, Any] = orjson.loads(out.read_bytes())
+
+    assert result["bench"] == "all"
+    assert [core["catalog_items"] for core in result["core"]] == [300]
+    runs = {run["system"]: run for run in result["runs"]}
+    assert sorted(runs) == ["peer", "relay", "tailor"]
+    warmup, drained, paced = 80, 400, 60  # 0.2 of --events waits in the topic at start
+    for name, run in runs.items():
+        drain = run["drain"]
+        assert drain["events"] == drained, name
+        assert drain["events_per_s"] > 0, name
+        assert drain["cpu_ms_per_1000"] > 0, name
+        assert drain["kafka_bytes_in_per_event"] > 0, name
+        assert drain["kafka_bytes_out_per_event"] > 0, name
+        assert run["start_to_first_output_s"] > 0, name
+        assert len(run["peak_rss_mb"]) == 1, name  # --workers 1
+        assert run["peak_rss_mb"][0] > 10, name
+        assert run["exit_codes"] == [0], name  # stopped by SIGTERM, cleanly
+        for phase in ("latency_half_drain", "latency_at_rate"):
+            latency = run[phase]
+            assert latency["events"] == latency["covered"] == paced, (name, phase)
+            ms = latency["ms"]
+            assert 0 < ms["p50"] <= ms["p95"] <= ms["p99"] <= ms["max"], (name, phase)
+        assert run["latency_at_rate"]["rate"] == 100
+        assert run["latency_half_drain"]["rate"] == pytest.approx(drain["events_per_s"] / 2)
+    total = warmup + drained + 2 * paced
+    # One output per event from the peer and the relay; Tailor's lists may cover several.
+    assert runs["relay"]["outputs"] == runs["peer"]["outputs"] == total
+    assert 0 < runs["tailor"]["outputs"] <= total
+    # The relay forwards the very bytes it reads, and never talks to Redis.
+    relay = runs["relay"]["drain"]
+    assert relay["kafka_bytes_out_per_event"] == relay["kafka_bytes_in_per_event"]
+    assert relay["redis_commands_per_event"] == 0
+    assert runs["relay"]["redis_memory"] is None
+    # The peer: one GET and one SET per event, each its own round trip; Tailor pipelines.
+    peer = runs["peer"]["drain"]
+    assert peer["redis_commands"]["get"] == peer["redis_commands"]["set"] == drained
+    assert peer["redis_round_trips_per_event"] >= 2
+    assert runs["tailor"]["drain"]["redis_round_trips_per_event"] < 1
+    for name in ("tailor", "peer"):
+        memory = runs[name]["redis_memory"]
+        assert 0 < memory["users"] <= 100, name
+        assert memory["bytes_per_user"] > 0, name
+        assert memory["mib_per_million_users"] == pytest.approx(
+            memory["bytes_per_user"] * 1e6 / 2**20
+        )
+    [compared] = result["comparisons"]
+    tailor_rate = runs["tailor"]["drain"]["events_per_s"]
+    assert compared["throughput_x_peer"] == pytest.approx(
+        tailor_rate / runs["peer"]["drain"]["events_per_s"]
+    )
+    assert compared["throughput_of_relay"] == pytest.approx(
+        tailor_rate / runs["relay"]["drain"]["events_per_s"]
+    )
+    assert compared["cpu_per_event_x_peer"] > 0
+
+    printed = capsys.readouterr().out
+    for shown in ("side by side", "x the peer's", "share of the relay's", "drain events/s"):
+        assert shown in printed
+    lines = book.read_text().splitlines()
+    assert "## Issue 11: side by side" in lines
+    assert lines[-1].startswith(f"| {result['when'][:10]} |")
+    assert "tailor bench" in lines[-1]
+
+    import redis
+
+    from worker.transport.kafka import make_admin
+
+    topics = make_admin(settings).list_topics(timeout=10).topics
+    for run in runs.values():  # topics and keys of every system are gone
+        suffix = run["topics_suffix"]
+        assert not [topic for topic in topics if suffix in topic]
+        client = redis.Redis.from_url(settings.redis_url)
+        assert list(client.scan_iter(match=f"*{suffix}*")) == []
+
+
+def test_comparisons_are_multiples_of_the_peer_and_fractions_of_the_relay() -> None:
+    def run(system: str, items: int, rate: float, cpu: float) -> dict[str, Any]:
+        return {
+            "system": system,
+            "items": items,
+            "drain": {"events_per_s": rate, "cpu_ms_per_1000": cpu},
+        }
+
+    runs = [
+        run("tailor", 10, 3000.0, 300.0),
+        run("peer", 10, 1000.0, 600.0),
+        run("relay", 10, 60000.0, 2.0),
+        run("tailor", 100, 1500.0, 450.0),
+        run("peer", 100, 1000.0, 900.0),
+    ]
+    assert comparisons(runs) == [
+        {
+            "items": 10,
+            "throughput_x_peer": 3.0,
+            "cpu_per_event_x_peer": 0.5,
+            "throughput_of_relay": 0.05,
+        },
+        {
+            "items": 100,
+            "throughput_x_peer": 1.5,
+            "cpu_per_event_x_peer": 0.5,
+            "throughput_of_relay": 0.025,
+        },
+    ]
+    assert comparisons([run("tailor", 10, 3000.0, 300.0)]) == [{"items": 10}]
+
+
+def test_proc_readings_of_this_process() -> None:
+    import os
+
+    burnt = sum(k * k for k in range(200_000))  # some CPU of our own
+    assert burnt > 0
+    assert cpu_seconds([os.getpid()]) > 0
+    assert cpu_seconds([os.getpid(), os.getpid()]) >= cpu_seconds([os.getpid()])
+    assert peak_rss_bytes(os.getpid()) > 10 * 2**20
+    assert cpu_seconds([2**22 + 17]) == 0  # no such process
+    assert peak_rss_bytes(2**22 + 17) == 0
+
+
+def test_benchmarks_rows_go_under_their_section(tmp_path: Path) -> None:
+    book = tmp_path / "BENCHMARKS.md"
+    book.write_text("# Benchmarks\n\n## Speed\n\ntext\n")
+    result = _side_result()
+    append_benchmarks(result, book, "tailor bench --events 10")
+    append_benchmarks(result | {"when": "2027-01-02T00:00:00+00:00"}, book, "tailor bench")
+    lines = book.read_text().splitlines()
+    heading = lines.index(SIDE_BY_SIDE_HEADING)
+    assert lines[:6] == ["# Benchmarks", "", "## Speed", "", "text", ""]
+    rows = [line for line in lines[heading:] if line.startswith("| 20")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 2026-12-01", "| 2027-01-02"]
+    first = rows[0].split(" | ")
+    assert first[1] == "`abc1234`"
+    assert first[3] == "`tailor bench --events 10`"
+    assert first[5] == "2,000 / 1,000 / 50,000"  # drain events/s of Tailor / peer / relay
+    assert first[6] == "2.00x"
+    assert first[7] == "4.0%"
+    # A later section stays after the rows.
+    book.write_text(book.read_text() + "\n## Later\n\nmore\n")
+    append_benchmarks(result, book, "tailor bench")
+    lines = book.read_text().splitlines()
+    assert lines.index("## Later") > max(k for k, line in enumerate(lines) if "| 2026" in line)
+
+
+def _side_result() -> dict[str, Any]:
+    def run(system: str, rate: float) -> dict[str, Any]:
+        latency = {"ms": {"p99": 10.0}}
+        return {
+            "system": system,
+            "items": 2000,
+            "drain": {"events_per_s": rate, "cpu_ms_per_1000": 100.0},
+            "latency_at_rate": latency,
+            "latency_half_drain": latency,
+            "peak_rss_mb": [100.0],
+            "redis_memory": {"bytes_per_user": 300.0} if system != "relay" else None,
+        }
+
+    runs = [run("tailor", 2000.0), run("peer", 1000.0), run("relay", 50000.0)]
+    return {
+        "when": "2026-12-01T10:00:00+00:00",
+        "options": {"items": [2000]},
+        "runs": runs,
+        "comparisons": comparisons(runs),
+        "machine": {"git": "abc1234", "cores": 2, "cpu_model": "a CPU"},
+    }
