@@ -285,7 +285,7 @@ def _print_side_by_side(result: Json, console: Console) -> None:
     if result["runs"]:
         titles, rows = side_by_side_rows(result)
         table = Table(title="tailor bench: side by side", title_justify="left")
-        table.add_column("measure")
+        table.add_column("measure", no_wrap=True)
         for title in titles:
             table.add_column(title, justify="right")
         for name, cells in rows:

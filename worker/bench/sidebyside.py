@@ -51,6 +51,7 @@ __all__ = ["SYSTEMS", "SideOptions", "run_side_by_side"]
 #: The parts ``tailor bench`` runs, in this order; ``core`` is Tailor's core without I/O.
 SYSTEMS = ("core", "tailor", "peer", "relay")
 _RELAY_APP = Path(__file__).with_name("relay_app.py")
+_OWN_INFO = 2  # commands (and read events) of the benchmark's own INFO between two readings
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,9 +553,10 @@ def _drain(
         "produce_seconds": produced_s,
         "cpu_seconds": cpu,
         "cpu_ms_per_1000": 1e6 * cpu / events,
-        # The INFO that reads the end counts itself: one command and one read event.
-        "redis_commands_per_event": max(0, commands - 1) / events,
-        "redis_round_trips_per_event": max(0, reads - 1) / events,
+        # The benchmark's own INFO commandstats (start) and INFO stats (end, which counts
+        # itself) are two commands and two read events of the difference.
+        "redis_commands_per_event": max(0, commands - _OWN_INFO) / events,
+        "redis_round_trips_per_event": max(0, reads - _OWN_INFO) / events,
         "redis_commands": _command_deltas(redis_before, redis_after),
         "kafka_bytes_in_per_event": (sent_bytes + model_in) / events,
         "kafka_bytes_out_per_event": sum(out.values()) / events,
