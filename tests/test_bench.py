@@ -18,6 +18,7 @@ from rich.console import Console
 from worker.bench import BenchError, Clickstream, WorkerOptions, Workload, run_worker
 from worker.bench import worker as bench_worker
 from worker.bench.procstat import cpu_seconds, peak_rss_bytes
+from worker.bench.replay import load_replay, parse_log_map
 from worker.bench.report import SIDE_BY_SIDE_HEADING, append_benchmarks
 from worker.bench.sidebyside import comparisons
 from worker.cli import main
@@ -469,3 +470,42 @@ def _side_result() -> dict[str, Any]:
         "comparisons": comparisons(runs),
         "machine": {"git": "abc1234", "cores": 2, "cpu_model": "a CPU"},
     }
+
+
+def test_log_map_reads_like_the_evaluate_options() -> None:
+    mapping = parse_log_map(
+        "user=CustomerID,item=StockCode,time=InvoiceDate,session=InvoiceNo,country=Country",
+        "%Y-%m-%d %H:%M:%S",
+        ["Quantity>0"],
+    )
+    assert (mapping.user, mapping.item, mapping.time, mapping.session) == (
+        "CustomerID",
+        "StockCode",
+        "InvoiceDate",
+        "InvoiceNo",
+    )
+    assert mapping.context == {"country": "Country"}
+    assert mapping.time_format == "%Y-%m-%d %H:%M:%S"
+    assert [f.column for f in mapping.filters] == ["Quantity"]
+    for bad in ("user=a,time=t", "item=a,time=t,colour=c", "item=a,item=b,time=t", "item"):
+        with pytest.raises(BenchError, match="--log-map"):
+            parse_log_map(bad, "iso", [])
+
+
+def test_a_jsonl_log_is_replayed_in_time_order(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    lines = [
+        {
+            "event_id": f"e{k}",
+            "user_id": f"u{k % 3}",
+            "item_id": f"i{k % 5}",
+            "type": "view",
+            "timestamp": f"2024-01-01T00:00:{59 - k:02d}Z",
+        }
+        for k in range(10)
+    ]
+    log.write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
+    replay = load_replay(log, None, None, 4)
+    assert [body["event_id"] for body in replay.events] == ["e9", "e8", "e7", "e6"]
+    with pytest.raises(BenchError, match="fewer than"):
+        load_replay(log, None, None, 11)

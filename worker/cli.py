@@ -429,6 +429,42 @@ def _side_arguments(parser: argparse.ArgumentParser, *, with_systems: bool = Fal
         help='append the run as a Markdown row to FILE\'s "Issue 11: side by side" '
         "section (default FILE: BENCHMARKS.md)",
     )
+    log = parser.add_argument_group(
+        "a real log as the load (instead of the synthetic stream; core is skipped)"
+    )
+    log.add_argument(
+        "--log",
+        type=Path,
+        metavar="FILE",
+        help="JSONL in Tailor's event schema, or delimited text (optionally .gz) read "
+        "with --log-map; its first events in time order are played",
+    )
+    log.add_argument(
+        "--log-map",
+        metavar="FIELD=COLUMN,...",
+        help="the columns of a delimited log: item and time, optionally user, session, "
+        "title, type, country, device, locale, page, referrer (as `tailor evaluate`'s "
+        "--item, --time, ... options)",
+    )
+    log.add_argument(
+        "--log-time-format",
+        default="iso",
+        metavar="FORMAT",
+        help="iso (default), epoch, epoch_ms or a strptime format (read as UTC)",
+    )
+    log.add_argument(
+        "--log-filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="keep only rows where COLUMN OP VALUE holds (as `tailor evaluate --filter`)",
+    )
+    log.add_argument(
+        "--log-catalog",
+        type=Path,
+        metavar="FILE",
+        help="JSONL catalog in Tailor's catalog schema (else the --log-map title column)",
+    )
     if with_systems:
         parser.add_argument(
             "--systems",
@@ -674,9 +710,24 @@ def _bench_side_by_side(
     settings: Settings, args: argparse.Namespace, workload: Workload, console: Console
 ) -> int:
     from worker.bench import BenchError, SideOptions, print_report, run_side_by_side, write_json
+    from worker.bench.replay import load_replay, parse_log_map
     from worker.bench.report import append_benchmarks
 
     systems = getattr(args, "systems", None) or (args.bench,)
+    replay = None
+    try:
+        if args.log is not None:
+            mapping = (
+                parse_log_map(args.log_map, args.log_time_format, args.log_filter)
+                if args.log_map is not None
+                else None
+            )
+            needed = int(args.events * args.warmup) + args.events + 2 * args.latency_events
+            with console.status(f"reading {args.log}"):
+                replay = load_replay(args.log, mapping, args.log_catalog, needed)
+    except BenchError as error:
+        print(f"tailor bench: {error}", file=sys.stderr)
+        return 2
     options = SideOptions(
         workload=workload,
         items=tuple(args.items),
@@ -692,6 +743,7 @@ def _bench_side_by_side(
         keep=args.keep,
         timeout_s=args.timeout,
         progress=not args.no_progress,
+        replay=replay,
     )
     try:
         result = run_side_by_side(settings, options, console)

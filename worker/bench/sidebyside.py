@@ -38,6 +38,7 @@ from worker.bench.common import BenchError, Json, percentiles, progress_bar, war
 from worker.bench.core import CoreOptions, run_core
 from worker.bench.peer import PEER_APP, default_peer_venv, ensure_peer_venv
 from worker.bench.procstat import cpu_seconds, peak_rss_bytes
+from worker.bench.replay import Replay
 from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import Clickstream, Workload
 from worker.bench.worker import _clean_up, _flush, _send, _WorkerProcess
@@ -66,6 +67,7 @@ class SideOptions:
     workers: int = 1
     partitions: int = 4
     memory_users: int = 100_000  # users whose keys MEMORY USAGE sums
+    replay: Replay | None = None  # a real log instead of the synthetic stream (--log)
     peer_venv: Path | None = None
     keep: bool = False
     timeout_s: float = 600.0
@@ -86,7 +88,10 @@ def run_side_by_side(settings: Settings, options: SideOptions, console: Console)
     runs: list[Json] = []
     cores: list[Json] = []
     redis_version = ""
-    for items in options.items:
+    sizes = options.items if options.replay is None else (len(options.replay.catalog),)
+    if options.replay is not None and "core" in options.systems:
+        console.print("core: skipped with --log (`tailor evaluate` replays a log in-process)")
+    for items in sizes:
         workload = Workload(
             items=items,
             categories=options.workload.categories,
@@ -94,7 +99,7 @@ def run_side_by_side(settings: Settings, options: SideOptions, console: Console)
             seed=options.workload.seed,
             mean_gap_s=options.workload.mean_gap_s,
         )
-        if "core" in options.systems:
+        if "core" in options.systems and options.replay is None:
             console.print(f"[bold]core[/] at {items:,} items", highlight=False)
             core_options = CoreOptions(
                 workload=workload,
@@ -106,7 +111,7 @@ def run_side_by_side(settings: Settings, options: SideOptions, console: Console)
             cores.append(run_core(settings, core_options, console))
         plan = _Plan.of(workload, options)
         for system in ("tailor", "peer", "relay"):
-            if system not in options.systems or (system == "relay" and items != options.items[0]):
+            if system not in options.systems or (system == "relay" and items != sizes[0]):
                 continue
             console.print(f"[bold]{system}[/] at {items:,} items", highlight=False)
             run = _run_system(system, settings, plan, options, console, peer_python)
@@ -123,7 +128,8 @@ def run_side_by_side(settings: Settings, options: SideOptions, console: Console)
         "when": now_iso(),
         "options": {
             **asdict(options.workload),
-            "items": list(options.items),
+            "items": list(sizes),
+            "log": str(options.replay.path) if options.replay is not None else None,
             "systems": list(options.systems),
             "events": options.events,
             "warmup": options.warmup,
@@ -175,17 +181,24 @@ class _Plan:
 
     @classmethod
     def of(cls, workload: Workload, options: SideOptions) -> _Plan:
-        stream = Clickstream(workload)
         warm = warmup_count(options.events, options.warmup)
         backlog = warm + options.events
-        start_s = time.time() - 2 * backlog * workload.mean_gap_s - 60  # all in the past
-        prefix = f"s{uuid.uuid4().hex[:8]}-"
-        bodies = stream.events(backlog, start_s=start_s, id_prefix=prefix)
+        if options.replay is not None:
+            bodies = options.replay.events[:backlog]
+            paced = options.replay.events[backlog : backlog + 2 * options.latency_events]
+            catalog_bodies = options.replay.catalog
+        else:
+            stream = Clickstream(workload)
+            start_s = time.time() - 2 * backlog * workload.mean_gap_s - 60  # all in the past
+            prefix = f"s{uuid.uuid4().hex[:8]}-"
+            bodies = stream.events(backlog, start_s=start_s, id_prefix=prefix)
+            paced = stream.events(2 * options.latency_events, start_s=start_s, id_prefix=prefix)
+            catalog_bodies = list(stream.catalog())
         messages = [
-            (str(body["event_id"]), body["user_id"].encode(), orjson.dumps(body)) for body in bodies
+            (str(body["event_id"]), str(body["user_id"]).encode(), orjson.dumps(body))
+            for body in bodies
         ]
-        paced = stream.events(2 * options.latency_events, start_s=start_s, id_prefix=prefix)
-        catalog = [(body["item_id"].encode(), orjson.dumps(body)) for body in stream.catalog()]
+        catalog = [(str(body["item_id"]).encode(), orjson.dumps(body)) for body in catalog_bodies]
         return cls(workload, catalog, messages[:warm], messages[warm:], paced)
 
 
