@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STATE  := .tailor
 
-.PHONY: help install tools demo test chaos lint typecheck unit schemas up down clean
+.PHONY: help install tools demo test chaos lint typecheck unit schemas up down clean peer
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: install tools lint typecheck  ## everything: lint, types, unit and integra
 
 chaos: install tools  ## fault suite: SIGKILLs, rebalances, Redis and Kafka restarts; prints the figures
 	$(BIN)/pytest tests/chaos -m chaos
+
+peer: install  ## the peer `tailor bench` compares with (Quix Streams + River) in .tailor/peer-venv
+	$(BIN)/python -c "from worker.bench.peer import default_peer_venv, ensure_peer_venv; ensure_peer_venv(default_peer_venv())"
 
 up: install tools  ## local Kafka and Redis with Tailor's topics (tailor topics create), for manual runs
 	mkdir -p $(STATE)
