@@ -509,3 +509,25 @@ def test_a_jsonl_log_is_replayed_in_time_order(tmp_path: Path) -> None:
     assert [body["event_id"] for body in replay.events] == ["e9", "e8", "e7", "e6"]
     with pytest.raises(BenchError, match="fewer than"):
         load_replay(log, None, None, 11)
+
+
+def test_a_part_alone_runs_that_system_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import bench
+
+    asked: list[tuple[str, ...]] = []
+
+    def record(_settings: Settings, options: Any, _console: Console) -> dict[str, Any]:
+        asked.append(options.systems)
+        raise BenchError("recorded")
+
+    monkeypatch.setattr(bench, "run_side_by_side", record)
+    assert main(["bench", "peer", "--events", "10"]) == 1
+    assert main(["bench", "relay"]) == 1
+    assert main(["bench", "--systems", "tailor,relay"]) == 1
+    assert main(["bench"]) == 1
+    assert asked == [
+        ("peer",),
+        ("relay",),
+        ("tailor", "relay"),
+        ("core", "tailor", "peer", "relay"),
+    ]

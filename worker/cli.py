@@ -713,7 +713,7 @@ def _bench_side_by_side(
     from worker.bench.replay import load_replay, parse_log_map
     from worker.bench.report import append_benchmarks
 
-    systems = getattr(args, "systems", None) or (args.bench,)
+    systems = (args.bench,) if args.bench is not None else args.systems
     replay = None
     try:
         if args.log is not None:
