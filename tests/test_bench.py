@@ -442,6 +442,7 @@ def test_benchmarks_rows_go_under_their_section(tmp_path: Path) -> None:
     assert first[5] == "2,000 / 1,000 / 50,000"  # drain events/s of Tailor / peer / relay
     assert first[6] == "2.00x"
     assert first[7] == "4.0%"
+    assert first[-1] == "300 / 300 / - |"  # Redis bytes per user: the relay keeps none
     # A later section stays after the rows.
     book.write_text(book.read_text() + "\n## Later\n\nmore\n")
     append_benchmarks(result, book, "tailor bench")

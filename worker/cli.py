@@ -667,7 +667,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         write_json,
     )
 
-    console = Console()
+    # Piped to a file or a CI log, rich would assume 80 columns and fold the table.
+    console = Console() if sys.stdout.isatty() else Console(width=140)
     first = args.items[0] if isinstance(args.items, list) else args.items
     workload = Workload(items=first, categories=args.categories, users=args.users, seed=args.seed)
     if args.batch_size is not None:

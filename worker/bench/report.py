@@ -340,8 +340,9 @@ def markdown_row(result: Json, command: str) -> str:
     tailor, peer, relay = of("tailor", first), of("peer", first), of("relay")
     compared: Json = next((row for row in result["comparisons"] if row["items"] == first), {})
 
-    def each(key: Callable[[Json], float], shown: str) -> str:
-        return " / ".join(shown.format(key(run)) if run else "-" for run in (tailor, peer, relay))
+    def each(key: Callable[[Json], float | None], shown: str) -> str:
+        values = [key(run) if run else None for run in (tailor, peer, relay)]
+        return " / ".join("-" if value is None else shown.format(value) for value in values)
 
     host = result["machine"]
     cells = [
@@ -358,7 +359,7 @@ def markdown_row(result: Json, command: str) -> str:
         each(lambda run: run["latency_half_drain"]["ms"]["p99"], "{:.1f}"),
         each(lambda run: max(run["peak_rss_mb"]), "{:,.0f}"),
         each(
-            lambda run: run["redis_memory"]["bytes_per_user"] if run["redis_memory"] else 0.0,
+            lambda run: run["redis_memory"]["bytes_per_user"] if run["redis_memory"] else None,
             "{:,.0f}",
         ),
     ]
