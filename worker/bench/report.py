@@ -289,7 +289,8 @@ def _print_side_by_side(result: Json, console: Console) -> None:
         for title in titles:
             table.add_column(title, justify="right")
         for name, cells in rows:
-            table.add_row(name, *cells)
+            if any(cells):  # a comparison with a system that did not run is left out
+                table.add_row(name, *cells)
         console.print(table)
         console.print(_FOOTNOTE, highlight=False, soft_wrap=True)
     if result["core"]:
