@@ -322,7 +322,9 @@ class Settings(BaseSettings):
         description="a bias and coverage window closes after this many published lists",
     )
     quality_window_s: float = Field(
-        300.0, gt=0, description="... or after this many seconds, whichever is first"
+        300.0,
+        gt=0,
+        description="a bias and coverage window closes after this many seconds at the latest",
     )
 
     # Operations
