@@ -246,7 +246,7 @@ def test_gini_is_zero_when_even_and_near_one_when_one_item_takes_all() -> None:
 def test_a_batch_is_summed_up_by_slots_and_distinct_categories_per_list() -> None:
     rows = [[0, 1, 2], [3, 4]]
     categories = np.array([7, 7, -1, 1, 2])
-    batch = batch_exposure(rows, categories)
+    batch = batch_exposure(rows, lambda flat: categories[flat])
     assert batch.rows.tolist() == [0, 1, 2, 3, 4]
     assert batch.lists == 2
     assert batch.categories == 1 + 2

@@ -19,7 +19,9 @@ in the window (it may have become unavailable since).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -65,11 +67,13 @@ class ExposureFigures:
     categories_per_list: float
 
 
-def batch_exposure(rows: list[list[int]], categories: IntArray) -> BatchExposure:
-    """Sum up lists given as item rows; ``categories`` is the category of every row of
-    every list, flat in the same order (-1: none)."""
-    lengths = np.fromiter((len(listed) for listed in rows), dtype=np.int64, count=len(rows))
-    flat = np.fromiter((row for listed in rows for row in listed), dtype=np.int64)
+def batch_exposure(
+    rows: list[list[int]], categories_of: Callable[[IntArray], IntArray]
+) -> BatchExposure:
+    """Sum up lists given as item rows; ``categories_of`` gives rows' categories (-1: none)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    categories = categories_of(flat)
     which = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
     known = categories >= 0
     pairs = which[known] * (int(categories.max(initial=0)) + 1) + categories[known]

@@ -342,10 +342,7 @@ class Recommender:
             by_variant.setdefault(variant, []).append(rows)
         categories_of = self.catalog.categories_of
         return {
-            variant: batch_exposure(
-                rows, categories_of(np.fromiter((r for listed in rows for r in listed), np.int64))
-            )
-            for variant, rows in by_variant.items()
+            variant: batch_exposure(rows, categories_of) for variant, rows in by_variant.items()
         }
 
     def showable(self) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
