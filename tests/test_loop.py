@@ -362,3 +362,42 @@ def test_a_recreated_events_topic_voids_the_old_offsets_and_applies_every_new_ev
         f"events of topic id {worker.topic_id} applied",
     ]
     worker.close()
+
+
+def test_the_loop_exports_live_quality_once_per_event_and_closes_bias_windows() -> None:
+    """A returning user's event is scored against the list they were sent, the counts
+    reach the metrics, a replay after a crash adds nothing, and bias windows close."""
+    cluster = Cluster(SETTINGS.model_copy(update={"quality_window_lists": 1}))
+    worker = cluster.worker()
+    cluster.send("cy", "lamp")
+    drain(worker)
+    shown = cluster.lists()["cy"]
+    cluster.send("cy", "shade")
+    drain(worker)
+    labels = {"variant": "default", "type": "click", "segment": "web"}
+
+    def sample(registry_worker: Worker, name: str, **extra: str) -> float:
+        found = registry_worker.metrics.registry.get_sample_value(name, {**labels, **extra})
+        return found or 0.0
+
+    hit = "shade" in shown[:20]
+    assert sample(worker, "tailor_live_scored_events_total") == 1
+    assert sample(worker, "tailor_live_hits_total", k="20") == int(hit)
+    rank = shown.index("shade") + 1 if hit else 0
+    reciprocal = sample(worker, "tailor_live_reciprocal_rank_total")
+    assert reciprocal == pytest.approx(1 / rank if rank else 0.0)
+    registry = worker.metrics.registry
+    assert registry.get_sample_value("tailor_live_window_lists", {"variant": "default"}) == 1
+    coverage = registry.get_sample_value("tailor_live_catalog_coverage", {"variant": "default"})
+    assert coverage is not None
+    assert 0 < coverage <= 1
+
+    cluster.send("cy", "rug")
+    worker.step()  # scored and stored, but the crash comes before the commit
+    assert sample(worker, "tailor_live_scored_events_total") == 2
+    worker.consumer.crash()  # type: ignore[attr-defined]
+    after = cluster.worker()
+    drain(after)
+    assert after.stats.replayed == 1
+    assert sample(after, "tailor_live_scored_events_total") == 0
+    after.close()

@@ -14,6 +14,8 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from worker.metrics import Health, Metrics, MetricsServer
+from worker.quality.exposure import ExposureFigures
+from worker.quality.live import LiveCounts
 
 FORBIDDEN_LABELS = {"user", "user_id", "item", "item_id", "event_id", "session_id"}
 
@@ -103,8 +105,11 @@ def test_no_metric_is_labelled_by_user_or_item() -> None:
     for metric in declared:
         names = set(metric._labelnames)
         assert not names & FORBIDDEN_LABELS, metric
-        # bounded: topics, partitions, DLQ reasons, model delta outcomes and directions
-        assert names <= {"topic", "partition", "reason", "result", "direction"}, metric
+        # bounded: topics, partitions, DLQ reasons, model delta outcomes and directions;
+        # the live quality series' variant, event type, segment (a configured set, see
+        # tests/test_quality.py), k and hit reason
+        bounded = {"topic", "partition", "reason", "result", "direction"}
+        assert names <= bounded | {"variant", "type", "segment", "k"}, metric
     # and what the registry actually exposes, once every labelled series exists
     metrics.consumed.labels("tailor.events").inc()
     metrics.dead_lettered.labels("empty").inc()
@@ -134,3 +139,30 @@ def test_each_metrics_instance_has_its_own_registry() -> None:
     first.processed.inc(4)
     assert first.registry.get_sample_value("tailor_events_processed_total") == 4
     assert second.registry.get_sample_value("tailor_events_processed_total") == 0
+
+
+def test_a_batch_of_live_quality_counts_becomes_counter_increments_by_label() -> None:
+    metrics = Metrics()
+    counts = LiveCounts()
+    counts.score(("default", "click", "mobile"), "b", ["a", "b", "c"], "0x1")  # rank 2
+    counts.score(("default", "click", "mobile"), "z", ["a", "b", "c"], "0x1")  # a miss
+    counts.score(("default", "view", "other"), "a", ["a"], "f")  # rank 1
+    metrics.count_quality(counts)
+    metrics.count_quality(counts)  # a second batch adds up
+    sample = metrics.registry.get_sample_value
+    click = {"variant": "default", "type": "click", "segment": "mobile"}
+    assert sample("tailor_live_scored_events_total", click) == 4
+    assert sample("tailor_live_hits_total", {**click, "k": "5"}) == 2
+    assert sample("tailor_live_reciprocal_rank_total", click) == 1.0
+    view = {"variant": "default", "type": "view", "segment": "other"}
+    assert sample("tailor_live_hits_total", {**view, "k": "20"}) == 2
+    by_reason = {"variant": "default", "reason": "explore"}
+    assert sample("tailor_live_hits_by_reason_total", by_reason) == 2
+    assert sample("tailor_live_hits_by_reason_total", {**by_reason, "reason": "fill"}) == 2
+
+    metrics.set_exposure({"b": ExposureFigures(40, 0.25, 0.5, 0.1, 2.5)})
+    assert sample("tailor_live_window_lists", {"variant": "b"}) == 40
+    assert sample("tailor_live_popular_share", {"variant": "b"}) == 0.25
+    assert sample("tailor_live_exposure_gini", {"variant": "b"}) == 0.5
+    assert sample("tailor_live_catalog_coverage", {"variant": "b"}) == 0.1
+    assert sample("tailor_live_categories_per_list", {"variant": "b"}) == 2.5

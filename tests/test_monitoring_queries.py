@@ -101,3 +101,19 @@ def test_promtool_accepts_the_rules_and_the_compose_configuration() -> None:
             check=False,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool: `make tools` installs it")
+def test_the_live_quality_and_bias_alerts_fire_when_they_should_and_only_then() -> None:
+    """``promtool test rules``: drift of live HR@20 below its own level, a coverage collapse
+    and a jump in popularity concentration fire for the variant concerned; a steady
+    variant and one with too few scored events stay quiet (deploy/prometheus/rules_test.yml)."""
+    done = subprocess.run(
+        ["promtool", "test", "rules", str(RULES.parent / "rules_test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout

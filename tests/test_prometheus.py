@@ -131,6 +131,8 @@ def test_prometheus_scrapes_the_worker_and_evaluates_every_rule(
     settings: Settings, tmp_path: Path
 ) -> None:
     good = [event(f"p{n % 4}", f"item-{n % 7}") for n in range(30)]
+    # Bias windows of 5 lists, so that their gauges are set within the test.
+    settings = settings.model_copy(update={"quality_window_lists": 5})
     with tailor_process(settings, tmp_path / "worker.log") as worker:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -149,11 +151,16 @@ def test_prometheus_scrapes_the_worker_and_evaluates_every_rule(
             # born with its first batch already counted, which rate() cannot see; the
             # second wave makes each of them grow under Prometheus' eyes.
             eventually(lambda: prometheus.query('up{job="tailor"} == 1'), "successful scrape")
+            # The users get a first list before the waves, so that their events in both
+            # waves are scored: the live quality series too are born in the first wave.
+            produce_events(settings, [event(f"p{n}", "item-0") for n in range(4)])
+            first = "tailor_events_processed_total >= 4"
+            eventually(partial(prometheus.query, first), "the users' first lists")
             for wave, events in enumerate((good[:15], good[15:]), start=1):
                 produce_events(settings, events)
                 produce(settings, settings.events_topic, [(b"p0", b"not json")])
                 both = (
-                    f"tailor_events_processed_total >= {15 * wave} and "
+                    f"tailor_events_processed_total >= {4 + 15 * wave} and "
                     f"on () tailor_events_dead_lettered_total >= {wave}"
                 )
                 processed = eventually(
@@ -179,6 +186,21 @@ def test_prometheus_scrapes_the_worker_and_evaluates_every_rule(
             assert math.isfinite(p99), p99
             assert 0 < p99 <= 5
             assert value(f'tailor:consumer_lag:sum{{topic="{settings.events_topic}"}}') == 0
+            # Live quality: returning users' events were scored against their last lists
+            # (the device "web" of tests.helpers.event is a known segment), and the bias
+            # windows closed.
+            scored = 'sum(tailor_live_scored_events_total{variant="default",segment="web"})'
+            assert value(scored) > 0
+            assert value('tailor:live_scored_events:rate5m{variant="default"}') > 0
+            hits = value('sum(tailor_live_hits_total{variant="default",k="20"})')
+            assert hits <= value('sum(tailor_live_scored_events_total{variant="default"})')
+            # (a ratio of two young series' rates is only near HR: rate() extrapolates each
+            # by its own counts; that it evaluates to a number is what is checked here)
+            hit_rate = value('tailor:live_hit_rate:ratio_rate5m{variant="default",k="20"}')
+            assert math.isfinite(hit_rate), hit_rate
+            assert hit_rate >= 0
+            assert 0 < value('tailor:live_catalog_coverage:avg{variant="default"}') <= 1
+            assert 0 < value('tailor:live_popular_share:avg{variant="default"}') <= 1
 
             # Every rule, the alerts too, has been evaluated without an error.
             def evaluated() -> list[Sample]:

@@ -305,6 +305,28 @@ class Settings(BaseSettings):
         2, ge=1, le=10, description="checkpoints kept in Redis (older ones are the fallback)"
     )
 
+    # Live quality and bias (README "Live quality and bias")
+    quality_segment: Literal["none", "device"] = Field(
+        "device",
+        description="context field that splits the live quality counters (label segment); "
+        "none: one segment",
+    )
+    quality_segment_values: list[str] = Field(
+        default_factory=lambda: ["desktop", "mobile", "tablet", "app", "web", "tv"],
+        max_length=20,
+        description="segment values kept as labels; any other is 'other', none 'unknown'",
+    )
+    quality_window_lists: int = Field(
+        10_000,
+        ge=1,
+        description="a bias and coverage window closes after this many published lists",
+    )
+    quality_window_s: float = Field(
+        300.0,
+        gt=0,
+        description="a bias and coverage window closes after this many seconds at the latest",
+    )
+
     # Operations
     metrics_host: str = Field("0.0.0.0", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port")

@@ -25,6 +25,7 @@ from worker.config import Settings
 from worker.contract import CatalogItem
 from worker.decode import DeadLetter, Decoded, RecentEventIds, decode_catalog_item, decode_event
 from worker.metrics import Health, Metrics
+from worker.quality.exposure import ExposureWindows
 from worker.recommend import BatchResult, Envelope, Recommender
 from worker.state.store import (
     RedisCheckpoints,
@@ -112,6 +113,9 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.stats = WorkerStats()
+        self.exposure = ExposureWindows(
+            settings.quality_window_lists, settings.quality_window_s, time.monotonic()
+        )
         self.recommender = recommender or Recommender(settings, origin=new_origin())
         self._redis = redis_client
         self.store: StateStore = store or UserStore(
@@ -569,6 +573,12 @@ class Worker:
         metrics.offsets_voided.inc(result.voided)
         metrics.batch_size.observe(consumed)
         metrics.batch_seconds.observe(time.perf_counter() - started)
+        metrics.count_quality(result.quality)
+        self.exposure.add(result.exposure)
+        now = time.monotonic()
+        if self.exposure.due(now):
+            popularity, showable = self.recommender.showable()
+            metrics.set_exposure(self.exposure.close(popularity, showable, now))
         if stale:
             log.warning(
                 "%d user writes refused by the offset guard (another writer was ahead)", stale

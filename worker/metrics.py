@@ -1,16 +1,17 @@
 """Every Prometheus series Tailor exposes, declared once, plus the HTTP endpoint.
 
-Seconds are the unit, labels are bounded (topic, partition, DLQ reason): never a user or
-item id. The registry is injectable so tests and the demo get fresh, isolated series.
-``/metrics`` is prometheus-client's own WSGI exposition; ``/healthz`` answers while the
-loop turns, ``/readyz`` while Kafka and Redis are reachable.
+Seconds are the unit, labels are bounded (topic, partition, DLQ reason; variant, event
+type, segment, k and reason of the live quality series): never a user or item id. The
+registry is injectable so tests and the demo get fresh, isolated series. ``/metrics`` is
+prometheus-client's own WSGI exposition; ``/healthz`` answers while the loop turns,
+``/readyz`` while Kafka and Redis are reachable.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -23,6 +24,9 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from worker.quality.exposure import ExposureFigures
+from worker.quality.live import KS, LiveCounts
 
 __all__ = ["Health", "Metrics", "MetricsServer"]
 
@@ -174,6 +178,87 @@ class Metrics:
             "Checkpoints refused at start-up (corrupt, truncated, other format or settings)",
             registry=r,
         )
+
+        # Live quality (worker/quality/live.py): the prequential counts of `tailor evaluate`
+        # on the lists actually published; labels variant, event type, segment, k, reason.
+        quality = ["variant", "type", "segment"]
+        self.live_scored = Counter(
+            "tailor_live_scored_events",
+            "Fresh events of users who had a list, with an item and a positive weight: "
+            "scored against the list last published for the user",
+            quality,
+            registry=r,
+        )
+        self.live_hits = Counter(
+            "tailor_live_hits",
+            "Scored events whose item was in the first k items of the user's last list",
+            [*quality, "k"],
+            registry=r,
+        )
+        self.live_reciprocal_rank = Counter(
+            "tailor_live_reciprocal_rank",
+            "Sum of 1/rank of the scored events' items in the user's last list (0 beyond 20): "
+            "divided by the scored events, MRR@20",
+            quality,
+            registry=r,
+        )
+        self.live_hits_by_reason = Counter(
+            "tailor_live_hits_by_reason",
+            "Hits at 20 by where the hit item came from (its strongest reason, the cold-start "
+            "fill or exploration)",
+            ["variant", "reason"],
+            registry=r,
+        )
+        # Live bias and coverage (worker/quality/exposure.py), per closed window.
+        self.live_window_lists = Gauge(
+            "tailor_live_window_lists",
+            "Lists published in the last closed window",
+            ["variant"],
+            registry=r,
+        )
+        self.live_popular_share = Gauge(
+            "tailor_live_popular_share",
+            "Share of the last window's published slots that went to the 1 % most popular items",
+            ["variant"],
+            registry=r,
+        )
+        self.live_exposure_gini = Gauge(
+            "tailor_live_exposure_gini",
+            "Gini coefficient of item exposure in the last window (0 even, 1 concentrated)",
+            ["variant"],
+            registry=r,
+        )
+        self.live_catalog_coverage = Gauge(
+            "tailor_live_catalog_coverage",
+            "Distinct items shown in the last window / items that could be shown",
+            ["variant"],
+            registry=r,
+        )
+        self.live_categories_per_list = Gauge(
+            "tailor_live_categories_per_list",
+            "Mean distinct catalog categories per published list in the last window",
+            ["variant"],
+            registry=r,
+        )
+
+    def count_quality(self, counts: LiveCounts) -> None:
+        """One batch's live quality counts: one increment per label set, not per event."""
+        for (variant, kind, segment), tally in counts.tallies.items():
+            self.live_scored.labels(variant, kind, segment).inc(tally.scored)
+            self.live_reciprocal_rank.labels(variant, kind, segment).inc(tally.reciprocal_rank)
+            for k, hits in zip(KS, tally.hits, strict=True):
+                self.live_hits.labels(variant, kind, segment, str(k)).inc(hits)
+        for (variant, reason), hits in counts.hit_sources.items():
+            self.live_hits_by_reason.labels(variant, reason).inc(hits)
+
+    def set_exposure(self, figures: Mapping[str, ExposureFigures]) -> None:
+        """A closed bias and coverage window's figures, per variant."""
+        for variant, window in figures.items():
+            self.live_window_lists.labels(variant).set(window.lists)
+            self.live_popular_share.labels(variant).set(window.popular_share)
+            self.live_exposure_gini.labels(variant).set(window.gini)
+            self.live_catalog_coverage.labels(variant).set(window.coverage)
+            self.live_categories_per_list.labels(variant).set(window.categories_per_list)
 
     def set_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
         for topic, partition, lag in lags:

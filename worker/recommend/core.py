@@ -40,9 +40,11 @@ from worker.models.ranker import FEATURES, TREND_TIMESCALES_S, Ranker, pairwise_
 from worker.models.sessions import SessionNeighbours, session_token
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
+from worker.quality.exposure import BatchExposure, batch_exposure
+from worker.quality.live import DEFAULT_VARIANT, LiveCounts, Segmenter
 from worker.recommend.candidates import Candidates, UserContext, gather_candidates
 from worker.recommend.context import ModelContext
-from worker.recommend.lists import Item, finish_lists
+from worker.recommend.lists import Item, Lists, finish_lists, recommendable
 from worker.recommend.signals import event_weight
 from worker.state.user import Interaction, UserState, UserWrite, other_topic
 
@@ -109,6 +111,8 @@ class Published:
     covered_event_ids: list[str]
     generated_at: datetime
     model_version: str = MODEL_VERSION
+    #: the experiment variant the user's list was made under (labels live metrics)
+    variant: str = DEFAULT_VARIANT
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -141,6 +145,10 @@ class BatchResult:
     models_voided: str = ""
     #: what the shared models learned from this batch, for the other workers (None: nothing)
     delta: ModelDelta | None = None
+    #: fresh events scored against their user's last list (live quality)
+    quality: LiveCounts = field(default_factory=LiveCounts)
+    #: per variant, what the published lists showed (live bias and coverage)
+    exposure: dict[str, BatchExposure] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -170,6 +178,8 @@ class _UserBatch:
     covered: list[Envelope]
     erase_first: bool
     shared: list[bool]  # per fresh event: not yet in the shared models either
+    listed: bool  # the user had a list before this batch (their state was stored)
+    variant: str
 
 
 class Recommender:
@@ -210,6 +220,7 @@ class Recommender:
         )
         self.rng = np.random.default_rng(settings.seed)  # reseeded by a checkpoint restore
         self.deny_categories = frozenset(settings.deny_categories)
+        self.segmenter = Segmenter(settings.quality_segment, settings.quality_segment_values)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
         self._category_cache_version = -_CATEGORY_CACHE_REFRESHES
@@ -275,14 +286,18 @@ class Recommender:
             result.models_voided = counted_topic
         forgotten: list[int] = []  # session tokens of users erased by this batch
         users = self._sort_out(batch, states, result, forgotten, topic_id)
+        self._score(users, result.quality)  # before learning: test, then train
         forgets = [e for e in batch if e.event.type is EventType.FORGET]
         result.delta = self._learn(users, forgets, forgotten)
         generated_at = now or datetime.now(UTC)
         contexts = [UserContext.of(user.covered[-1].event) for user in users.values()]
-        lists = self.recommend([user.state for user in users.values()], contexts)
-        for (user_id, user), items in zip(users.items(), lists, strict=True):
+        lists = self.recommend_lists([user.state for user in users.values()], contexts)
+        for (user_id, user), items, sources in zip(
+            users.items(), lists.items, lists.sources, strict=True
+        ):
             result.applied += len(user.fresh)
             user.state.last_list = [item for item, _, _ in items]
+            user.state.last_sources = sources
             if user.fresh or user.erase_first:
                 result.writes.append(UserWrite(user.state, user.erase_first))
             result.published.append(
@@ -292,9 +307,49 @@ class Recommender:
                     source_event_id=user.covered[-1].event.event_id,
                     covered_event_ids=[envelope.event.event_id for envelope in user.covered],
                     generated_at=generated_at,
+                    variant=user.variant,
                 )
             )
+        result.exposure = self._exposure([user.variant for user in users.values()], lists)
         return result
+
+    def variant_of(self, user_id: str) -> str:
+        """The experiment variant a user is in: the one place that decides it."""
+        return DEFAULT_VARIANT
+
+    def _score(self, users: Mapping[str, _UserBatch], counts: LiveCounts) -> None:
+        """Live quality: each fresh event against the list its user was last published.
+
+        The definition of ``tailor evaluate`` (:mod:`worker.quality.live`); replayed events
+        are not fresh, so a redone batch is not counted twice.
+        """
+        segment_of = self.segmenter.of
+        for user in users.values():
+            if not user.listed:
+                continue
+            shown, sources = user.state.last_list, user.state.last_sources
+            for envelope in user.fresh:
+                event = envelope.event
+                if event.item_id is None or event_weight(event) <= 0:
+                    continue
+                labels = (user.variant, event.type.value, segment_of(event))
+                counts.score(labels, event.item_id, shown, sources)
+
+    def _exposure(self, variants: list[str], lists: Lists) -> dict[str, BatchExposure]:
+        """Per variant, what the batch's lists showed (one vectorised pass per variant)."""
+        by_variant: dict[str, list[list[int]]] = {}
+        for variant, rows in zip(variants, lists.rows, strict=True):
+            by_variant.setdefault(variant, []).append(rows)
+        categories_of = self.catalog.categories_of
+        return {
+            variant: batch_exposure(rows, categories_of) for variant, rows in by_variant.items()
+        }
+
+    def showable(self) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        """Per item row: overall popularity, and whether any user may be shown the item
+        now (what the live bias figures measure against)."""
+        rows = np.arange(len(self.index), dtype=np.int64)
+        return self.trending.normalised(rows), recommendable(self.model_context(), rows)
 
     def _sort_out(
         self,
@@ -323,13 +378,16 @@ class Recommender:
                 if not envelopes:
                     result.erased.append(user_id)
                     continue
+            listed = state is not None
             if state is None:
                 state = UserState(user_id=user_id, vector=self.taste.new_user(user_id))
             result.voided += state.adopt_topic(topic_id)
             fresh = [e for e in envelopes if not state.already_applied(e.partition, e.offset)]
             result.replayed += len(envelopes) - len(fresh)
             shared = [e.offset > self.contributed.get(e.partition, -1) for e in fresh]
-            users[user_id] = _UserBatch(state, fresh, envelopes, erase_first, shared)
+            users[user_id] = _UserBatch(
+                state, fresh, envelopes, erase_first, shared, listed, self.variant_of(user_id)
+            )
         return users
 
     # -- learning ---------------------------------------------------------------------------
@@ -611,8 +669,14 @@ class Recommender:
         self, states: Sequence[UserState], contexts: Sequence[UserContext]
     ) -> list[list[Item]]:
         """Each user's top-K as (item id, score, reasons), best first, in one batch."""
+        return self.recommend_lists(states, contexts).items
+
+    def recommend_lists(
+        self, states: Sequence[UserState], contexts: Sequence[UserContext]
+    ) -> Lists:
+        """:meth:`recommend` with each listed item's source and row (for live quality)."""
         if not states:
-            return []
+            return Lists([], [], [])
         models = self.model_context()
         batch = gather_candidates(models, states, contexts)
         scores = self.ranker.score(batch.features)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -11,11 +12,12 @@ import numpy.typing as npt
 
 from worker.contract import EventType
 from worker.models.ranker import Feature
+from worker.quality.sources import EXPLORE, FILL, source_char
 from worker.recommend.candidates import CandidateBatch, UserContext
 from worker.recommend.context import ModelContext
 from worker.state.user import UserState
 
-__all__ = ["Item", "Reason", "finish_lists"]
+__all__ = ["Item", "Lists", "Reason", "finish_lists", "recommendable"]
 
 Item = tuple[str, float, list[str]]
 IntArray = npt.NDArray[np.int64]
@@ -69,13 +71,26 @@ _REASON_OF: dict[Feature, Reason] = {
 _REASON_OF_FEATURE = np.array([_REASON_OF[feature] for feature in Feature], dtype=np.int64)
 
 
+@dataclass(frozen=True, slots=True)
+class Lists:
+    """A batch's lists, and for live quality where each of their items came from.
+
+    ``sources[n]`` has one character per item of ``items[n]``
+    (:mod:`worker.quality.sources`), ``rows[n]`` the items' rows in the item index.
+    """
+
+    items: list[list[Item]]
+    sources: list[str]
+    rows: list[list[int]]
+
+
 def finish_lists(
     models: ModelContext,
     states: Sequence[UserState],
     contexts: Sequence[UserContext],
     batch: CandidateBatch,
     scores: FloatArray,
-) -> list[list[Item]]:
+) -> Lists:
     """Each user's top-K after business filters, a per-category cap and exploration.
 
     Everything per candidate is numpy over the whole batch; only the final K items of
@@ -87,7 +102,7 @@ def finish_lists(
     cap = models.settings.max_per_category
     depth = min(scores.shape[1], k * 3 if cap else k)
     if depth == 0:
-        return [[] for _ in states]
+        return Lists([[] for _ in states], ["" for _ in states], [[] for _ in states])
     top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
     top_scores = np.take_along_axis(scores, top, 1)
@@ -105,7 +120,7 @@ def finish_lists(
     strength = np.take_along_axis(contributions, strongest, 2)
     anchors = np.take_along_axis(batch.anchors, top, 1)
     similar_to = np.take_along_axis(batch.similar_to, top, 1)
-    reasons = _reasons(
+    reasons, codes = _reasons(
         models,
         contexts,
         np.nonzero(keep)[0],
@@ -116,19 +131,24 @@ def finish_lists(
         strength[keep],
     )
     draws = models.rng.integers(0, max(len(models.index), 1), size=(users, _EXPLORE_DRAWS))
-    drawable = _recommendable(models, draws.ravel()).reshape(draws.shape) & (len(models.index) > 0)
+    drawable = recommendable(models, draws.ravel()).reshape(draws.shape) & (len(models.index) > 0)
 
     ids = models.index.ids
     kept_rows = top_rows[keep].tolist()
     kept_ids = [ids[row] for row in kept_rows]
     kept_scores = top_scores[keep].tolist()
+    kept_sources = "".join(source_char(code) for code in codes.tolist())
     ends = np.cumsum(keep.sum(axis=1)).tolist()
     lists: list[list[Item]] = []
+    all_sources: list[str] = []
+    all_rows: list[list[int]] = []
     start = 0
     for slot, end in enumerate(ends):
         items: list[Item] = list(
             zip(kept_ids[start:end], kept_scores[start:end], reasons[start:end], strict=True)
         )
+        sources = kept_sources[start:end]
+        rows = kept_rows[start:end]
         if len(items) < k:
             floor = items[-1][1] if items else 0.0
             taken = set(kept_rows[start:end])
@@ -136,18 +156,25 @@ def finish_lists(
             short = int(room[slot]) - len(items)
             if short > 0:
                 listed = kept_rows[start:end]
-                items += _trending_fill(models, contexts[slot], short, floor, taken, listed)
+                filled = _trending_fill(models, contexts[slot], short, floor, taken, listed)
+                items += [item for _, item in filled]
+                rows = rows + [row for row, _ in filled]
+                sources += FILL * len(filled)
             for row, ok in zip(draws[slot].tolist(), drawable[slot].tolist(), strict=True):
                 if len(items) >= k:
                     break
                 if ok and row not in taken:
                     items.append((ids[row], floor, [_EXPLORE_REASON]))
+                    rows = [*rows, row]
+                    sources += EXPLORE
                     taken.add(row)
                     if len(items) == k:
                         break
         lists.append(items)
+        all_sources.append(sources)
+        all_rows.append(rows)
         start = end
-    return lists
+    return Lists(lists, all_sources, all_rows)
 
 
 def _trending_fill(
@@ -157,28 +184,29 @@ def _trending_fill(
     score: float,
     taken: set[int],
     listed: list[int],
-) -> list[Item]:
+) -> list[tuple[int, Item]]:
     """Cold start: what is trending in the user's segments, then overall, for a list the
     other sources left short (a new user whose first item nobody else has touched yet).
 
     Only the shortfall is filled, never the exploration slots, so this costs nothing for
     users with a history and keeps new users' lists context-aware even while the trending
     and segment candidates are off (the default: they add nothing to warm users' lists).
+    Each item comes with its row.
     """
-    filled: list[Item] = []
+    filled: list[tuple[int, Item]] = []
     cap = models.settings.max_per_category
     per_category = Counter(models.catalog.categories_of(np.array(listed, dtype=np.int64)).tolist())
     sources = [(models.trending.segment_top(key)[0], key) for key in context.segments]
     sources.append((models.trending.top(), ""))
     for rows, key in sources:
-        usable = rows[_recommendable(models, rows)] if rows.size else rows
+        usable = rows[recommendable(models, rows)] if rows.size else rows
         categories = models.catalog.categories_of(usable).tolist()
         for row, category in zip(usable.tolist(), categories, strict=True):
             if row in taken or (cap and category >= 0 and per_category[category] >= cap):
                 continue
             taken.add(row)
             per_category[category] += 1
-            filled.append((models.index.ids[row], score, [_trending_reason(key)]))
+            filled.append((row, (models.index.ids[row], score, [_trending_reason(key)])))
             if len(filled) == needed:
                 return filled
     return filled
@@ -204,15 +232,16 @@ def _reasons(
     similar_to: IntArray,
     features: IntArray,
     strengths: FloatArray,
-) -> list[list[str]]:
-    """Reason sentences for every listed item of the batch, flat, in list order.
+) -> tuple[list[list[str]], IntArray]:
+    """Reason sentences for every listed item of the batch, flat, in list order, and
+    each item's first reason code (-1: no feature strong enough to be named).
 
     An item's reasons depend only on its two strongest features and one detail of each
     (the co-visitation anchor, the item's category, the user's country), so each distinct
     combination is put into words once per batch and shared by every item that has it.
     """
     if rows.size == 0:
-        return []
+        return [], np.zeros(0, dtype=np.int64)
     countries = sorted({context.country or "" for context in contexts})
     country_ids = {country: n for n, country in enumerate(countries)}
     user_country = np.array([country_ids[context.country or ""] for context in contexts])
@@ -236,7 +265,7 @@ def _reasons(
     distinct, which = np.unique(_pack(codes, details), return_inverse=True)
     texts = _ReasonTexts(models, countries)
     said = [texts.reasons(_unpack(key)) for key in distinct.tolist()]
-    return [said[n] for n in which.tolist()]
+    return [said[n] for n in which.tolist()], codes[:, 0]
 
 
 def _pack(codes: IntArray, details: IntArray) -> IntArray:
@@ -282,7 +311,7 @@ def _allowed(
 ) -> npt.NDArray[np.bool_]:
     """Drop unavailable or deleted items, deny-listed categories, disliked and just-bought."""
     safe = np.where(batch.valid, batch.rows, 0)
-    allowed = _recommendable(models, safe.ravel()).reshape(safe.shape)
+    allowed = recommendable(models, safe.ravel()).reshape(safe.shape)
     window = models.settings.just_bought_window_s
     users: list[int] = []
     blocked: list[int] = []
@@ -303,7 +332,7 @@ def _allowed(
     return allowed
 
 
-def _recommendable(models: ModelContext, rows: IntArray) -> npt.NDArray[np.bool_]:
+def recommendable(models: ModelContext, rows: IntArray) -> npt.NDArray[np.bool_]:
     """Rows any user may be shown: available, not deleted, not in a deny-listed category."""
     allowed = models.catalog.available_mask(rows)
     if models.deny_categories:

@@ -1,7 +1,8 @@
 """One user's state and its Redis hash encoding.
 
 Everything here is bounded: a fixed-size float32 taste vector, at most ``recent_window``
-recent interactions, at most K items of the last published list, a few counters, and the
+recent interactions, at most K items of the last published list (with one character per
+item saying where it came from, for live quality), a few counters, and the
 Kafka offsets already applied (one per partition the user's events came from) with the id
 of the events topic they belong to. Nothing from the event's free-form context is kept:
 only item ids, types and times.
@@ -65,6 +66,9 @@ class UserState:
     vector: F32
     recent: list[Interaction] = field(default_factory=list)
     last_list: list[str] = field(default_factory=list)
+    #: one character per item of ``last_list``: its source (:mod:`worker.quality.sources`);
+    #: "" in a state written before sources were kept
+    last_sources: str = ""
     events: int = 0  # events applied, exactly once each
     last_seen: float = 0.0
     offsets: dict[int, int] = field(default_factory=dict)
@@ -123,6 +127,7 @@ def encode_user(state: UserState) -> dict[str, bytes]:
         "v": state.vector.astype(np.float32).tobytes(),
         "r": orjson.dumps([[i.item_id, i.type, i.at] for i in state.recent]),
         "l": orjson.dumps(state.last_list),
+        "q": state.last_sources.encode(),
         "n": str(state.events).encode(),
         "t": repr(state.last_seen).encode(),
         "s": orjson.dumps([state.visit_at, state.sessions]),
@@ -150,6 +155,7 @@ def decode_user(user_id: str, fields: dict[bytes, bytes], dim: int) -> UserState
         vector=vector,
         recent=[Interaction(i, t, float(at)) for i, t, at in orjson.loads(fields.get(b"r", b"[]"))],
         last_list=list(orjson.loads(fields.get(b"l", b"[]"))),
+        last_sources=fields.get(b"q", b"").decode(),
         events=int(fields.get(b"n", b"0")),
         last_seen=float(fields.get(b"t", b"0")),
         offsets=offsets,
