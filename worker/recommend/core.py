@@ -14,6 +14,14 @@ A micro-batch is handled in three steps:
    previous list), trending, co-visitation and taste vectors (vectorised over the batch);
 3. **recommend** for every touched user: candidates -> features -> ranker -> filters ->
    diversity -> exploration -> top-K with reasons.
+
+Experiments (:mod:`worker.recommend.variants`) touch step 3 only: the batch's users are
+grouped by the variant they are assigned and each group's lists are assembled with that
+variant's settings, while the shared models learn from every event alike. The ranker
+learns from the published lists alone (whatever variant made them); a shadow variant's
+lists are kept in the user's state to be scored against, never published and never taught
+from, and are drawn with a random generator of their own, so that adding a shadow does not
+change one published list.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import numpy.typing as npt
 import orjson
 
 from worker import __version__
-from worker.config import Settings
+from worker.config import CONTROL_VARIANT, Settings
 from worker.contract import CatalogItem, Event, EventType
 from worker.models.catalog import Catalog, content_vectors
 from worker.models.content import ContentNeighbours, item_words
@@ -44,6 +52,7 @@ from worker.recommend.candidates import Candidates, UserContext, gather_candidat
 from worker.recommend.context import ModelContext
 from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
+from worker.recommend.variants import Variants, unit_hash
 from worker.state.user import Interaction, UserState, UserWrite, other_topic
 
 __all__ = [
@@ -109,22 +118,26 @@ class Published:
     covered_event_ids: list[str]
     generated_at: datetime
     model_version: str = MODEL_VERSION
+    #: the experiment variant that made the list; None (and no field in the message)
+    #: when no experiment is configured
+    variant: str | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "schema_version": 1,
-                "user_id": self.user_id,
-                "items": [
-                    {"item_id": item, "score": round(score, 6), "reasons": reasons}
-                    for item, score, reasons in self.items
-                ],
-                "source_event_id": self.source_event_id,
-                "covered_event_ids": self.covered_event_ids,
-                "generated_at": self.generated_at.isoformat(timespec="milliseconds"),
-                "model_version": self.model_version,
-            }
-        )
+        message = {
+            "schema_version": 1,
+            "user_id": self.user_id,
+            "items": [
+                {"item_id": item, "score": round(score, 6), "reasons": reasons}
+                for item, score, reasons in self.items
+            ],
+            "source_event_id": self.source_event_id,
+            "covered_event_ids": self.covered_event_ids,
+            "generated_at": self.generated_at.isoformat(timespec="milliseconds"),
+            "model_version": self.model_version,
+        }
+        if self.variant is not None:
+            message["variant"] = self.variant
+        return orjson.dumps(message)
 
 
 @dataclass(slots=True)
@@ -141,6 +154,11 @@ class BatchResult:
     models_voided: str = ""
     #: what the shared models learned from this batch, for the other workers (None: nothing)
     delta: ModelDelta | None = None
+    #: every published user's variant (``"control"`` when no experiment is configured)
+    variant_of: dict[str, str] = field(default_factory=dict)
+    #: per user with any, each shadow variant's list as it stood before this batch (from
+    #: the user's state): what this batch's events are scored against live
+    shadow_lists: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -209,6 +227,7 @@ class Recommender:
             settings.ranker_learning_rate, settings.ranker_l2, settings.ranker_optimizer
         )
         self.rng = np.random.default_rng(settings.seed)  # reseeded by a checkpoint restore
+        self.variants = Variants(settings)
         self.deny_categories = frozenset(settings.deny_categories)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
@@ -279,12 +298,21 @@ class Recommender:
         result.delta = self._learn(users, forgets, forgotten)
         generated_at = now or datetime.now(UTC)
         contexts = [UserContext.of(user.covered[-1].event) for user in users.values()]
-        lists = self.recommend([user.state for user in users.values()], contexts)
-        for (user_id, user), items in zip(users.items(), lists, strict=True):
+        user_states = [user.state for user in users.values()]
+        variants = self.variants
+        if variants.enabled:
+            names = [variants.assign(user_id) for user_id in users]
+            lists = self._recommend_variants(user_states, contexts, names)
+            self._shadows(user_states, contexts, result)
+        else:
+            names = [CONTROL_VARIANT] * len(user_states)
+            lists = self.recommend(user_states, contexts)
+        for (user_id, user), items, name in zip(users.items(), lists, names, strict=True):
             result.applied += len(user.fresh)
             user.state.last_list = [item for item, _, _ in items]
             if user.fresh or user.erase_first:
                 result.writes.append(UserWrite(user.state, user.erase_first))
+            result.variant_of[user_id] = name
             result.published.append(
                 Published(
                     user_id=user_id,
@@ -292,9 +320,60 @@ class Recommender:
                     source_event_id=user.covered[-1].event.event_id,
                     covered_event_ids=[envelope.event.event_id for envelope in user.covered],
                     generated_at=generated_at,
+                    variant=name if variants.enabled else None,
                 )
             )
         return result
+
+    def _recommend_variants(
+        self, states: Sequence[UserState], contexts: Sequence[UserContext], names: Sequence[str]
+    ) -> list[list[Item]]:
+        """Each user's list made with their variant's settings: one pipeline per variant."""
+        groups: dict[str, list[int]] = {}
+        for slot, name in enumerate(names):
+            groups.setdefault(name, []).append(slot)
+        lists: list[list[Item]] = [[] for _ in states]
+        for name, slots in groups.items():
+            made = self.recommend(
+                [states[slot] for slot in slots],
+                [contexts[slot] for slot in slots],
+                self.variants.settings[name],
+            )
+            for slot, items in zip(slots, made, strict=True):
+                lists[slot] = items
+        return lists
+
+    def _shadows(
+        self, states: Sequence[UserState], contexts: Sequence[UserContext], result: BatchResult
+    ) -> None:
+        """Make each shadow's lists for its users and keep them in their states (bounded:
+        K ids per shadow per user); ``result`` gets the lists they replace, to score."""
+        for state in states:
+            if state.shadow_lists:
+                result.shadow_lists[state.user_id] = state.shadow_lists
+            if state.shadow_lists is not None or self.variants.shadows:
+                state.shadow_lists = {}
+        for name in self.variants.shadows:
+            slots = [
+                slot
+                for slot, state in enumerate(states)
+                if name in self.variants.shadows_of(state.user_id)
+            ]
+            if not slots:
+                continue
+            rng = np.random.default_rng(
+                [self.settings.seed, int(unit_hash(name, "shadow") * 2**32), self.totals.events]
+            )
+            made = self.recommend(
+                [states[slot] for slot in slots],
+                [contexts[slot] for slot in slots],
+                self.variants.settings[name],
+                rng=rng,
+            )
+            for slot, items in zip(slots, made, strict=True):
+                lists = states[slot].shadow_lists
+                assert lists is not None
+                lists[name] = [item for item, _, _ in items]
 
     def _sort_out(
         self,
@@ -586,12 +665,17 @@ class Recommender:
             lessons.append((user, chosen))
             if user_id not in self._shown and user.state.last_list:
                 missing.append(user)
-        if missing:
-            contexts = [UserContext.of(user.fresh[0].event) for user in missing]
+        groups: dict[str, list[_UserBatch]] = {}
+        for user in missing:  # each with the candidates its variant's lists were made of
+            groups.setdefault(self.variants.assign(user.state.user_id), []).append(user)
+        for name, group in groups.items():
+            contexts = [UserContext.of(user.fresh[0].event) for user in group]
             batch = gather_candidates(
-                self.model_context(), [user.state for user in missing], contexts
+                self.model_context(self.variants.settings[name]),
+                [user.state for user in group],
+                contexts,
             )
-            for slot, user in enumerate(missing):
+            for slot, user in enumerate(group):
                 self._remember_shown(user.state.user_id, batch.user(slot))
         for user, chosen in lessons:
             shown = self._shown.pop(user.state.user_id, None)
@@ -608,23 +692,36 @@ class Recommender:
     # -- recommending ---------------------------------------------------------------------------
 
     def recommend(
-        self, states: Sequence[UserState], contexts: Sequence[UserContext]
+        self,
+        states: Sequence[UserState],
+        contexts: Sequence[UserContext],
+        settings: Settings | None = None,
+        rng: np.random.Generator | None = None,
     ) -> list[list[Item]]:
-        """Each user's top-K as (item id, score, reasons), best first, in one batch."""
+        """Each user's top-K as (item id, score, reasons), best first, in one batch.
+
+        ``settings`` are a variant's (default: the worker's). A list made with a random
+        generator of its own (``rng``: a shadow's) is never shown, so the ranker does not
+        remember its candidates to learn from.
+        """
         if not states:
             return []
-        models = self.model_context()
+        models = self.model_context(settings, rng)
         batch = gather_candidates(models, states, contexts)
         scores = self.ranker.score(batch.features)
-        remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
-        for state, candidates in zip(states, remembered, strict=True):
-            self._remember_shown(state.user_id, candidates)
+        if rng is None:
+            remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
+            for state, candidates in zip(states, remembered, strict=True):
+                self._remember_shown(state.user_id, candidates)
         return finish_lists(models, states, contexts, batch, scores)
 
-    def model_context(self) -> ModelContext:
-        """The models as candidate gathering and list assembly see them, for one batch."""
+    def model_context(
+        self, settings: Settings | None = None, rng: np.random.Generator | None = None
+    ) -> ModelContext:
+        """The models as candidate gathering and list assembly see them, for one batch,
+        with a variant's ``settings`` (default: the worker's)."""
         return ModelContext(
-            settings=self.settings,
+            settings=settings or self.settings,
             index=self.index,
             catalog=self.catalog,
             trending=self.trending,
@@ -633,7 +730,7 @@ class Recommender:
             sessions=self.sessions,
             taste=self.taste,
             ranker=self.ranker,
-            rng=self.rng,
+            rng=self.rng if rng is None else rng,
             deny_categories=self.deny_categories,
             category_top=self.category_top,
         )
