@@ -307,6 +307,9 @@ class Recommender:
         else:
             names = [CONTROL_VARIANT] * len(user_states)
             lists = self.recommend(user_states, contexts)
+            for state in user_states:
+                if state.shadow_lists is not None:  # shadows configured before: clear them
+                    state.shadow_lists = {}
         for (user_id, user), items, name in zip(users.items(), lists, names, strict=True):
             result.applied += len(user.fresh)
             user.state.last_list = [item for item, _, _ in items]
@@ -348,10 +351,13 @@ class Recommender:
     ) -> None:
         """Make each shadow's lists for its users and keep them in their states (bounded:
         K ids per shadow per user); ``result`` gets the lists they replace, to score."""
+        shadows = self.variants.shadows
         for state in states:
             if state.shadow_lists:
-                result.shadow_lists[state.user_id] = state.shadow_lists
-            if state.shadow_lists is not None or self.variants.shadows:
+                kept = {name: ids for name, ids in state.shadow_lists.items() if name in shadows}
+                if kept:
+                    result.shadow_lists[state.user_id] = kept
+            if state.shadow_lists is not None or shadows:
                 state.shadow_lists = {}
         for name in self.variants.shadows:
             slots = [
