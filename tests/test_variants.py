@@ -301,3 +301,73 @@ def test_a_variant_may_switch_a_part_off_for_its_users_only() -> None:
     assert not any(reason.startswith("viewed together") for reason in reasons["nocovis"])
     assert world.rec.settings.parts_off == []  # the shared models still learn co-visits
     assert world.rec.totals.pairs > 0
+
+
+# -- tailor evaluate --variants ----------------------------------------------------------
+
+SAMPLE = ROOT / "worker" / "sample"
+EVENTS, CATALOG = SAMPLE / "events.jsonl.gz", SAMPLE / "catalog.jsonl.gz"
+EXPERIMENT = {
+    "short": {"share": 0.4, "settings": {"top_k": 10}},
+    "wide": {"share": 1.0, "shadow": True, "settings": {"max_per_category": 2}},
+}
+
+
+def _evaluate(tmp_path: Path, name: str, *extra: str) -> dict[str, dict[str, Any]]:
+    from worker.cli import main
+
+    out = tmp_path / f"{name}.json"
+    argv = ["evaluate", str(EVENTS), "--catalog", str(CATALOG), "--limit", "600"]
+    argv += ["--warmup", "0", "--baselines", "none", "--no-progress", "--json", str(out)]
+    assert main([*argv, *extra]) == 0
+    return {model["name"]: model for model in json.loads(out.read_text())["models"]}
+
+
+@pytest.mark.usefixtures("_no_tailor_environment")
+def test_evaluate_variants_scores_each_variant_on_its_own_users(tmp_path: Path) -> None:
+    from worker.contract import EventType
+    from worker.evaluate.logs import load_log
+    from worker.recommend.signals import event_weight
+
+    experiment = tmp_path / "experiment.json"
+    experiment.write_text(json.dumps(EXPERIMENT))
+    plain = _evaluate(tmp_path, "plain")["tailor"]
+    models = _evaluate(tmp_path, "variants", "--variants", str(experiment))
+    assert list(models) == ["tailor short", "tailor control", "tailor wide (shadow)"]
+
+    # By hand: an event is scored when its user already has a list (an earlier event since
+    # their last forget) and it shows interest; it counts for the user's variant.
+    variants = Variants(Settings().with_overrides(variants=EXPERIMENT))
+    expected: Counter[str] = Counter()
+    listed: set[str] = set()
+    for event in load_log(EVENTS, None, CATALOG, 600, None).events:
+        if event.type is EventType.FORGET:
+            listed.discard(event.user_id)
+            continue
+        if event.user_id in listed and event.item_id is not None and event_weight(event) > 0:
+            expected[variants.assign(event.user_id)] += 1
+        listed.add(event.user_id)
+    assert expected["short"] > 0
+    assert expected[CONTROL_VARIANT] > 0
+    assert models["tailor short"]["counted"] == expected["short"]
+    assert models["tailor control"]["counted"] == expected[CONTROL_VARIANT]
+    assert sum(expected.values()) == plain["counted"]
+    assert models["tailor wide (shadow)"]["counted"] == plain["counted"]  # all users sampled
+    for model in models.values():
+        assert 0 <= model["HR@10"] <= model["HR@20"] <= 1
+
+
+@pytest.mark.usefixtures("_no_tailor_environment")
+def test_evaluate_refuses_a_bad_variants_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cli import main
+
+    experiment = tmp_path / "experiment.json"
+    experiment.write_text(json.dumps({"v1": {"share": 0.5, "settings": {"seed": 3}}}))
+    argv = ["evaluate", str(EVENTS), "--catalog", str(CATALOG), "--limit", "100"]
+    assert main([*argv, "--variants", str(experiment)]) == 2
+    error = capsys.readouterr().err
+    assert "TAILOR_VARIANTS" in error
+    assert "'v1'" in error
+    assert "seed" in error

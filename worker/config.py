@@ -43,6 +43,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "Variant",
+    "describe_error",
     "load_settings",
     "variant_overrides",
 ]
