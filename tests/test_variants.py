@@ -371,3 +371,22 @@ def test_evaluate_refuses_a_bad_variants_file(
     assert "TAILOR_VARIANTS" in error
     assert "'v1'" in error
     assert "seed" in error
+
+
+def test_a_shadow_s_sample_alone_gets_its_lists() -> None:
+    settings = Settings().with_overrides(
+        top_k=10, variants={"some": {"share": 0.5, "shadow": True, "settings": {"top_k": 3}}}
+    )
+    variants = Variants(settings)
+    world, _ = _run(settings, batches=2)
+    users = [user for user in world.states if user.startswith("u")]
+    sampled = {user for user in users if variants.shadows_of(user) == ["some"]}
+    assert 0 < len(sampled) < len(users)
+    for user in users:
+        state = world.states[user]
+        if user in sampled:
+            assert state.shadow_lists is not None
+            assert len(state.shadow_lists["some"]) == 3
+        else:  # no field at all in their Redis hash
+            assert state.shadow_lists is None
+            assert SHADOW_FIELD not in encode_user(state)

@@ -357,7 +357,7 @@ class Recommender:
                 kept = {name: ids for name, ids in state.shadow_lists.items() if name in shadows}
                 if kept:
                     result.shadow_lists[state.user_id] = kept
-            if state.shadow_lists is not None or shadows:
+            if state.shadow_lists is not None:  # made afresh below, or emptied
                 state.shadow_lists = {}
         for name in self.variants.shadows:
             slots = [
@@ -377,9 +377,10 @@ class Recommender:
                 rng=rng,
             )
             for slot, items in zip(slots, made, strict=True):
-                lists = states[slot].shadow_lists
-                assert lists is not None
-                lists[name] = [item for item, _, _ in items]
+                state = states[slot]
+                if state.shadow_lists is None:
+                    state.shadow_lists = {}
+                state.shadow_lists[name] = [item for item, _, _ in items]
 
     def _sort_out(
         self,
