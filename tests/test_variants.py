@@ -194,7 +194,7 @@ def test_without_variants_messages_carry_no_variant_and_states_no_shadows() -> N
     world, results = _run(Settings().with_overrides(top_k=10), batches=2)
     for published in results[-1].published:
         assert "variant" not in orjson.loads(published.to_json())
-    assert set(results[-1].variant_of.values()) == {CONTROL_VARIANT}
+    assert {world.rec.variant_of(p.user_id) for p in results[-1].published} == {CONTROL_VARIANT}
     assert results[-1].shadow_lists == {}
     assert all(SHADOW_FIELD not in encode_user(state) for state in world.states.values())
 
@@ -244,12 +244,12 @@ def test_each_user_gets_the_lists_of_their_variant() -> None:
         top_k=10, variants={"short": {"share": 0.5, "settings": {"top_k": 4}}}
     )
     variants = Variants(settings)
-    _, results = _run(settings, batches=3)
+    world, results = _run(settings, batches=3)
     seen = set()
     for published in results[-1].published:
         name = variants.assign(published.user_id)
         seen.add(name)
-        assert published.variant == name == results[-1].variant_of[published.user_id]
+        assert published.variant == name == world.rec.variant_of(published.user_id)
         assert len(published.items) == (4 if name == "short" else 10)
         message = Recommendation.model_validate_json(published.to_json())
         assert message.variant == name

@@ -154,8 +154,6 @@ class BatchResult:
     models_voided: str = ""
     #: what the shared models learned from this batch, for the other workers (None: nothing)
     delta: ModelDelta | None = None
-    #: every published user's variant (``"control"`` when no experiment is configured)
-    variant_of: dict[str, str] = field(default_factory=dict)
     #: per user with any, each shadow variant's list as it stood before this batch (from
     #: the user's state): what this batch's events are scored against live
     shadow_lists: dict[str, dict[str, list[str]]] = field(default_factory=dict)
@@ -301,7 +299,7 @@ class Recommender:
         user_states = [user.state for user in users.values()]
         variants = self.variants
         if variants.enabled:
-            names = [variants.assign(user_id) for user_id in users]
+            names = [self.variant_of(user_id) for user_id in users]
             lists = self._recommend_variants(user_states, contexts, names)
             self._shadows(user_states, contexts, result)
         else:
@@ -315,7 +313,6 @@ class Recommender:
             user.state.last_list = [item for item, _, _ in items]
             if user.fresh or user.erase_first:
                 result.writes.append(UserWrite(user.state, user.erase_first))
-            result.variant_of[user_id] = name
             result.published.append(
                 Published(
                     user_id=user_id,
@@ -327,6 +324,11 @@ class Recommender:
                 )
             )
         return result
+
+    def variant_of(self, user_id: str) -> str:
+        """The experiment variant whose list a user is published (``"control"`` without an
+        experiment): the one place that decides it, for lists and for live metrics."""
+        return self.variants.assign(user_id)
 
     def _recommend_variants(
         self, states: Sequence[UserState], contexts: Sequence[UserContext], names: Sequence[str]
@@ -674,7 +676,7 @@ class Recommender:
                 missing.append(user)
         groups: dict[str, list[_UserBatch]] = {}
         for user in missing:  # each with the candidates its variant's lists were made of
-            groups.setdefault(self.variants.assign(user.state.user_id), []).append(user)
+            groups.setdefault(self.variant_of(user.state.user_id), []).append(user)
         for name, group in groups.items():
             contexts = [UserContext.of(user.fresh[0].event) for user in group]
             batch = gather_candidates(
