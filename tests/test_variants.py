@@ -390,3 +390,33 @@ def test_a_shadow_s_sample_alone_gets_its_lists() -> None:
         else:  # no field at all in their Redis hash
             assert state.shadow_lists is None
             assert SHADOW_FIELD not in encode_user(state)
+
+
+def test_a_shadow_finishing_a_variant_s_ranked_candidates_makes_the_lists_it_would_gather(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shortcut (no second gathering for a shadow that only finishes differently) is
+    a cost saving, never a change of the shadow's lists (without exploration: finishing
+    per variant instead of all at once deals the random draws out in another order)."""
+    from worker.recommend import core
+
+    settings = Settings().with_overrides(
+        top_k=10,
+        variants={
+            "half": {"share": 0.5, "settings": {"explore_share": 0.1}},
+            "tight": {
+                "share": 1.0,
+                "shadow": True,
+                "settings": {"max_per_category": 2, "parts_off": ["explore"]},
+            },
+        },
+    )
+    shortcut, _ = _run(settings, batches=3)
+    gathered = []
+    monkeypatch.setattr(core, "_gathering", lambda _settings: {"never equal": object()})
+    gathered_world, _ = _run(settings, batches=3)
+    for user, state in shortcut.states.items():
+        gathered.append(gathered_world.states[user].shadow_lists)
+        assert state.shadow_lists == gathered_world.states[user].shadow_lists, user
+        assert state.last_list == gathered_world.states[user].last_list, user
+    assert all(lists and len(lists["tight"]) == 10 for lists in gathered)

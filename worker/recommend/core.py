@@ -48,7 +48,12 @@ from worker.models.ranker import FEATURES, TREND_TIMESCALES_S, Ranker, pairwise_
 from worker.models.sessions import SessionNeighbours, session_token
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
-from worker.recommend.candidates import Candidates, UserContext, gather_candidates
+from worker.recommend.candidates import (
+    CandidateBatch,
+    Candidates,
+    UserContext,
+    gather_candidates,
+)
 from worker.recommend.context import ModelContext
 from worker.recommend.lists import Item, finish_lists
 from worker.recommend.signals import event_weight
@@ -188,6 +193,30 @@ class _UserBatch:
     shared: list[bool]  # per fresh event: not yet in the shared models either
 
 
+@dataclass(frozen=True, slots=True)
+class _Ranked:
+    """One variant's users of a batch (their slots) with their ranked candidates."""
+
+    slots: list[int]
+    gathering: dict[str, object]  # what candidate gathering read of the settings
+    batch: CandidateBatch
+    scores: FloatArray
+
+
+#: What only list finishing reads (:func:`~worker.recommend.lists.finish_lists`): two
+#: variants alike in everything else gather and rank the same candidates.
+_FINISHING_ONLY = frozenset(
+    {"top_k", "explore_share", "max_per_category", "just_bought_window_s", "parts_off", "variants"}
+)
+
+
+def _gathering(settings: Settings) -> dict[str, object]:
+    """The settings candidate gathering and ranking read (the explore part is finishing's)."""
+    read: dict[str, object] = settings.model_dump(exclude=set(_FINISHING_ONLY))
+    read["parts_off"] = sorted(set(settings.parts_off) - {"explore"})
+    return read
+
+
 class Recommender:
     """All shared models plus the per-batch procedure; one instance per worker process."""
 
@@ -300,8 +329,8 @@ class Recommender:
         variants = self.variants
         if variants.enabled:
             names = [self.variant_of(user_id) for user_id in users]
-            lists = self._recommend_variants(user_states, contexts, names)
-            self._shadows(user_states, contexts, result)
+            lists, ranked = self._recommend_variants(user_states, contexts, names)
+            self._shadows(user_states, contexts, result, ranked)
         else:
             names = [CONTROL_VARIANT] * len(user_states)
             lists = self.recommend(user_states, contexts)
@@ -332,27 +361,41 @@ class Recommender:
 
     def _recommend_variants(
         self, states: Sequence[UserState], contexts: Sequence[UserContext], names: Sequence[str]
-    ) -> list[list[Item]]:
-        """Each user's list made with their variant's settings: one pipeline per variant."""
+    ) -> tuple[list[list[Item]], list[_Ranked]]:
+        """Each user's list made with their variant's settings: one pipeline per variant;
+        and each variant's ranked candidates, for shadows that gather alike."""
         groups: dict[str, list[int]] = {}
         for slot, name in enumerate(names):
             groups.setdefault(name, []).append(slot)
         lists: list[list[Item]] = [[] for _ in states]
+        ranked: list[_Ranked] = []
         for name, slots in groups.items():
-            made = self.recommend(
-                [states[slot] for slot in slots],
-                [contexts[slot] for slot in slots],
-                self.variants.settings[name],
-            )
+            group_states = [states[slot] for slot in slots]
+            group_contexts = [contexts[slot] for slot in slots]
+            models = self.model_context(self.variants.settings[name])
+            batch, scores = self._rank(models, group_states, group_contexts, remember=True)
+            made = finish_lists(models, group_states, group_contexts, batch, scores)
             for slot, items in zip(slots, made, strict=True):
                 lists[slot] = items
-        return lists
+            ranked.append(_Ranked(slots, _gathering(models.settings), batch, scores))
+        return lists, ranked
 
     def _shadows(
-        self, states: Sequence[UserState], contexts: Sequence[UserContext], result: BatchResult
+        self,
+        states: Sequence[UserState],
+        contexts: Sequence[UserContext],
+        result: BatchResult,
+        ranked: Sequence[_Ranked],
     ) -> None:
         """Make each shadow's lists for its users and keep them in their states (bounded:
-        K ids per shadow per user); ``result`` gets the lists they replace, to score."""
+        K ids per shadow per user); ``result`` gets the lists they replace, to score.
+
+        A shadow that gathers and ranks candidates as a published variant does (it differs
+        only in K, exploration, the category cap or the just-bought window) finishes that
+        variant's ranked candidates instead of gathering them again, when it samples every
+        user of that variant: the same lists at a fraction of the cost (but for the random
+        draws of exploration, dealt out per variant rather than over all users at once).
+        """
         shadows = self.variants.shadows
         for state in states:
             if state.shadow_lists:
@@ -372,17 +415,35 @@ class Recommender:
             rng = np.random.default_rng(
                 [self.settings.seed, int(unit_hash(name, "shadow") * 2**32), self.totals.events]
             )
-            made = self.recommend(
-                [states[slot] for slot in slots],
-                [contexts[slot] for slot in slots],
-                self.variants.settings[name],
-                rng=rng,
-            )
-            for slot, items in zip(slots, made, strict=True):
-                state = states[slot]
-                if state.shadow_lists is None:
-                    state.shadow_lists = {}
-                state.shadow_lists[name] = [item for item, _, _ in items]
+            settings = self.variants.settings[name]
+            models = self.model_context(settings, rng)
+            gathering = _gathering(settings)
+            rest = set(slots)
+            made: list[tuple[list[int], list[list[Item]]]] = []
+            for group in ranked:
+                if group.gathering == gathering and rest.issuperset(group.slots):
+                    group_states = [states[slot] for slot in group.slots]
+                    group_contexts = [contexts[slot] for slot in group.slots]
+                    lists = finish_lists(
+                        models, group_states, group_contexts, group.batch, group.scores
+                    )
+                    made.append((group.slots, lists))
+                    rest.difference_update(group.slots)
+            if rest:
+                left = sorted(rest)
+                lists = self.recommend(
+                    [states[slot] for slot in left],
+                    [contexts[slot] for slot in left],
+                    settings,
+                    rng=rng,
+                )
+                made.append((left, lists))
+            for group_slots, lists in made:
+                for slot, items in zip(group_slots, lists, strict=True):
+                    state = states[slot]
+                    if state.shadow_lists is None:
+                        state.shadow_lists = {}
+                    state.shadow_lists[name] = [item for item, _, _ in items]
 
     def _sort_out(
         self,
@@ -716,13 +777,26 @@ class Recommender:
         if not states:
             return []
         models = self.model_context(settings, rng)
+        batch, scores = self._rank(models, states, contexts, remember=rng is None)
+        return finish_lists(models, states, contexts, batch, scores)
+
+    def _rank(
+        self,
+        models: ModelContext,
+        states: Sequence[UserState],
+        contexts: Sequence[UserContext],
+        *,
+        remember: bool,
+    ) -> tuple[CandidateBatch, FloatArray]:
+        """Every user's candidates and their ranker scores; ``remember`` the best of them
+        for the ranker's next lesson when the lists will be shown."""
         batch = gather_candidates(models, states, contexts)
         scores = self.ranker.score(batch.features)
-        if rng is None:
+        if remember:
             remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
             for state, candidates in zip(states, remembered, strict=True):
                 self._remember_shown(state.user_id, candidates)
-        return finish_lists(models, states, contexts, batch, scores)
+        return batch, scores
 
     def model_context(
         self, settings: Settings | None = None, rng: np.random.Generator | None = None
