@@ -255,6 +255,9 @@ class Recommender:
         )
         self.rng = np.random.default_rng(settings.seed)  # reseeded by a checkpoint restore
         self.variants = Variants(settings)
+        #: per variant, what its candidate gathering reads of its settings (a shadow alike
+        #: in it finishes a published variant's candidates: :meth:`_shadows`)
+        self._gathering = {name: _gathering(s) for name, s in self.variants.settings.items()}
         self.deny_categories = frozenset(settings.deny_categories)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
         self._category_cache: dict[int, IntArray] = {}
@@ -377,7 +380,7 @@ class Recommender:
             made = finish_lists(models, group_states, group_contexts, batch, scores)
             for slot, items in zip(slots, made, strict=True):
                 lists[slot] = items
-            ranked.append(_Ranked(slots, _gathering(models.settings), batch, scores))
+            ranked.append(_Ranked(slots, self._gathering[name], batch, scores))
         return lists, ranked
 
     def _shadows(
@@ -417,7 +420,7 @@ class Recommender:
             )
             settings = self.variants.settings[name]
             models = self.model_context(settings, rng)
-            gathering = _gathering(settings)
+            gathering = self._gathering[name]
             rest = set(slots)
             made: list[tuple[list[int], list[list[Item]]]] = []
             for group in ranked:
