@@ -92,6 +92,24 @@ def test_schema_rejects_what_the_model_rejects() -> None:
 # -- Event rules -------------------------------------------------------------------------
 
 
+def test_the_variant_field_is_optional_and_keeps_schema_version_1() -> None:
+    """Adding ``variant`` kept version 1 (README "Schema versions"): a message of before
+    it is still valid, one with it is valid, and readers of either ignore what they do
+    not know (the schema does not forbid unknown fields)."""
+    from worker.contract import Recommendation
+
+    with_variant = json.loads((EXAMPLES / "recommendation.json").read_text(encoding="utf-8"))
+    assert with_variant["variant"] == "control"
+    before = {key: value for key, value in with_variant.items() if key != "variant"}
+    later = {**with_variant, "a_field_of_version_1_to_come": [1, 2]}
+    validator = _validator("recommendation")
+    for message in (with_variant, before, later):
+        assert list(validator.iter_errors(message)) == []
+        assert Recommendation.model_validate(message).schema_version == 1
+    assert Recommendation.model_validate(before).variant is None
+    assert "variant" not in json.loads((SCHEMAS / "recommendation.json").read_text())["required"]
+
+
 def test_epoch_milliseconds_and_rfc3339_are_the_same_instant() -> None:
     text = _validate(_event(timestamp="2026-11-25T09:26:00.250Z"))
     millis = int(datetime(2026, 11, 25, 9, 26, 0, 250_000, tzinfo=UTC).timestamp() * 1000)

@@ -83,7 +83,7 @@ def test_the_worker_counts_live_what_tailor_evaluate_counts_offline(
     offline5 = replay(events, [TailorModel(base, log.catalog)], k=10, batch_size=1)[0]
     assert offline.counted > 20  # returning customers in the slice: something to compare
 
-    live = {"variant": "default", "type": "purchase", "segment": "unknown"}
+    live = {"variant": "control", "type": "purchase", "segment": "unknown"}
     assert _total(samples, "tailor_live_scored_events_total", **live) == offline.counted
     assert _total(samples, "tailor_live_scored_events_total") == offline.counted
     assert _total(samples, "tailor_live_hits_total", k="20") == offline.hits[20]
@@ -95,11 +95,11 @@ def test_the_worker_counts_live_what_tailor_evaluate_counts_offline(
     assert _total(samples, "tailor_live_hits_by_reason_total") == offline.hits[20]
 
     # Four windows of 50 lists closed: the bias gauges hold the last one's figures.
-    assert _total(samples, "tailor_live_window_lists", variant="default") == 50
+    assert _total(samples, "tailor_live_window_lists", variant="control") == 50
     for gauge in ("tailor_live_popular_share", "tailor_live_catalog_coverage"):
-        assert 0 < _total(samples, gauge, variant="default") <= 1, gauge
-    assert 0 <= _total(samples, "tailor_live_exposure_gini", variant="default") < 1
+        assert 0 < _total(samples, gauge, variant="control") <= 1, gauge
+    assert 0 <= _total(samples, "tailor_live_exposure_gini", variant="control") < 1
     # The sample catalog has titles and tags but no categories (tests/test_quality.py
     # counts categories per list).
-    assert ("tailor_live_categories_per_list", (("variant", "default"),)) in samples
+    assert ("tailor_live_categories_per_list", (("variant", "control"),)) in samples
     assert _total(samples, "tailor_live_categories_per_list") == 0

@@ -374,7 +374,7 @@ def test_the_loop_exports_live_quality_once_per_event_and_closes_bias_windows() 
     shown = cluster.lists()["cy"]
     cluster.send("cy", "shade")
     drain(worker)
-    labels = {"variant": "default", "type": "click", "segment": "web"}
+    labels = {"variant": "control", "type": "click", "segment": "web"}
 
     def sample(registry_worker: Worker, name: str, **extra: str) -> float:
         found = registry_worker.metrics.registry.get_sample_value(name, {**labels, **extra})
@@ -387,8 +387,8 @@ def test_the_loop_exports_live_quality_once_per_event_and_closes_bias_windows() 
     reciprocal = sample(worker, "tailor_live_reciprocal_rank_total")
     assert reciprocal == pytest.approx(1 / rank if rank else 0.0)
     registry = worker.metrics.registry
-    assert registry.get_sample_value("tailor_live_window_lists", {"variant": "default"}) == 1
-    coverage = registry.get_sample_value("tailor_live_catalog_coverage", {"variant": "default"})
+    assert registry.get_sample_value("tailor_live_window_lists", {"variant": "control"}) == 1
+    coverage = registry.get_sample_value("tailor_live_catalog_coverage", {"variant": "control"})
     assert coverage is not None
     assert 0 < coverage <= 1
 

@@ -189,18 +189,18 @@ def test_prometheus_scrapes_the_worker_and_evaluates_every_rule(
             # Live quality: returning users' events were scored against their last lists
             # (the device "web" of tests.helpers.event is a known segment), and the bias
             # windows closed.
-            scored = 'sum(tailor_live_scored_events_total{variant="default",segment="web"})'
+            scored = 'sum(tailor_live_scored_events_total{variant="control",segment="web"})'
             assert value(scored) > 0
-            assert value('tailor:live_scored_events:rate5m{variant="default"}') > 0
-            hits = value('sum(tailor_live_hits_total{variant="default",k="20"})')
-            assert hits <= value('sum(tailor_live_scored_events_total{variant="default"})')
+            assert value('tailor:live_scored_events:rate5m{variant="control"}') > 0
+            hits = value('sum(tailor_live_hits_total{variant="control",k="20"})')
+            assert hits <= value('sum(tailor_live_scored_events_total{variant="control"})')
             # (a ratio of two young series' rates is only near HR: rate() extrapolates each
             # by its own counts; that it evaluates to a number is what is checked here)
-            hit_rate = value('tailor:live_hit_rate:ratio_rate5m{variant="default",k="20"}')
+            hit_rate = value('tailor:live_hit_rate:ratio_rate5m{variant="control",k="20"}')
             assert math.isfinite(hit_rate), hit_rate
             assert hit_rate >= 0
-            assert 0 < value('tailor:live_catalog_coverage:avg{variant="default"}') <= 1
-            assert 0 < value('tailor:live_popular_share:avg{variant="default"}') <= 1
+            assert 0 < value('tailor:live_catalog_coverage:avg{variant="control"}') <= 1
+            assert 0 < value('tailor:live_popular_share:avg{variant="control"}') <= 1
 
             # Every rule, the alerts too, has been evaluated without an error.
             def evaluated() -> list[Sample]:

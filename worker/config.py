@@ -10,10 +10,20 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,7 +34,19 @@ from pydantic_settings import (
 
 from worker.contract.types import MAX_ID_LENGTH
 
-__all__ = ["ENV_PREFIX", "RECOMMENDER_PARTS", "ConfigError", "Settings", "load_settings"]
+__all__ = [
+    "CONTROL_VARIANT",
+    "ENV_PREFIX",
+    "MAX_VARIANTS",
+    "RECOMMENDER_PARTS",
+    "VARIANT_SETTINGS",
+    "ConfigError",
+    "Settings",
+    "Variant",
+    "describe_error",
+    "load_settings",
+    "variant_overrides",
+]
 
 ENV_PREFIX = "TAILOR_"
 
@@ -43,6 +65,51 @@ RECOMMENDER_PARTS: tuple[RecommenderPart, ...] = (
     "ranker",
     "explore",
 )
+
+
+#: The settings a variant may override: list assembly only (candidates, ranking, filters,
+#: diversity, exploration). The models are shared and learn from every event whatever
+#: variant its user sees, so nothing that shapes learning or state is here.
+VARIANT_SETTINGS: tuple[str, ...] = (
+    "top_k",
+    "parts_off",
+    "explore_share",
+    "max_per_category",
+    "trending_pool",
+    "taste_pool",
+    "covis_per_anchor",
+    "covis_recent",
+    "covis_anchor_decay",
+    "session_candidates",
+    "just_bought_window_s",
+)
+#: The variant of every user the configured variants' shares leave over: the settings as
+#: they are. A reserved name.
+CONTROL_VARIANT = "control"
+#: Variants are a metric label: a handful, never one per user.
+MAX_VARIANTS = 8
+
+VariantName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class Variant(BaseModel):
+    """One named variant of ``TAILOR_VARIANTS``: a share of the users and what it changes.
+
+    A published variant's ``share`` is its slice of the users (the slices of all published
+    variants are laid end to end in the order listed, and what is left is
+    :data:`CONTROL_VARIANT`). A shadow's ``share`` is the sample of users it is computed
+    for, drawn apart from the published split: a shadow is computed and scored for them
+    but never published, so it shows a change's quality without exposing anyone to it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    share: float = Field(ge=0, le=1, description="share of the users (see above)")
+    shadow: bool = Field(False, description="computed and scored, never published")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the settings in VARIANT_SETTINGS, by lower-case name",
+    )
 
 
 class ConfigError(ValueError):
@@ -281,6 +348,19 @@ class Settings(BaseSettings):
     )
     seed: int = Field(7, description="random seed: same seed, same lists")
 
+    # Experiments (README "Experiments")
+    variants: dict[VariantName, Variant] = Field(
+        default_factory=dict,
+        description="named variants of list assembly, JSON: {name: {share, shadow, settings}}; "
+        "users outside every share see 'control' ({} = no experiment)",
+    )
+    variant_salt: str = Field(
+        "tailor",
+        min_length=1,
+        max_length=64,
+        description="salt of the user -> variant hash: a new salt reshuffles the users",
+    )
+
     # Shared models (docs/models.md)
     model_sync: bool = Field(
         True,
@@ -404,6 +484,50 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _variants_are_list_settings(self) -> Settings:
+        """A variant's overrides, checked as the settings themselves are, at start-up."""
+        if not self.variants:
+            return self
+        name = f"{ENV_PREFIX}VARIANTS"
+        if CONTROL_VARIANT in self.variants:
+            raise ValueError(f"{name}: {CONTROL_VARIANT!r} is the default variant's name")
+        if len(self.variants) > MAX_VARIANTS:
+            raise ValueError(f"{name}: at most {MAX_VARIANTS} variants (a metric label)")
+        shares = sum(v.share for v in self.variants.values() if not v.shadow)
+        if shares > 1 + 1e-9:
+            raise ValueError(f"{name}: the published variants' shares add up to {shares:g} > 1")
+        kept = max(self.trending_pool, self.taste_pool)
+        for variant_name, variant in self.variants.items():
+            where = f"{name} variant {variant_name!r}"
+            unknown = sorted(set(variant.settings) - set(VARIANT_SETTINGS))
+            if unknown:
+                raise ValueError(
+                    f"{where}: {', '.join(unknown)} cannot differ by variant (only "
+                    f"{', '.join(VARIANT_SETTINGS)})"
+                )
+            try:
+                overrides = variant_overrides(variant)
+            except ValidationError as error:
+                problems = [
+                    f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+                    f" (got {problem.get('input')!r})"
+                    for problem in error.errors()
+                ]
+                raise ValueError(f"{where}: {'; '.join(problems)}") from None
+            if "ranker" in overrides.get("parts_off", ()):
+                raise ValueError(
+                    f"{where}: parts_off: the ranker learns from every list, it cannot be "
+                    "off for one variant"
+                )
+            for pool in ("trending_pool", "taste_pool"):
+                if overrides.get(pool, 0) > kept:
+                    raise ValueError(
+                        f"{where}: {pool}: at most {kept}, what trending keeps "
+                        "(the larger of TAILOR_TRENDING_POOL and TAILOR_TASTE_POOL)"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _redis_tls_needs_rediss(self) -> Settings:
         """TLS files with a plaintext URL would be ignored silently: refuse them instead."""
         given = [
@@ -498,6 +622,22 @@ class Settings(BaseSettings):
     def with_overrides(self, **changes: Any) -> Settings:
         """A validated copy; the demo and tests use it to point at their own servers."""
         return type(self).model_validate({**self.model_dump(), **changes})
+
+
+_VariantOverrides = create_model(  # the whitelisted fields, validated as Settings does
+    "VariantOverrides",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    **{
+        name: (Settings.model_fields[name].annotation, Settings.model_fields[name])
+        for name in VARIANT_SETTINGS
+    },  # type: ignore[call-overload]
+)
+
+
+def variant_overrides(variant: Variant) -> dict[str, Any]:
+    """A variant's overrides, validated as the settings are (a bad one raises
+    :class:`~pydantic.ValidationError`), by setting name."""
+    return _VariantOverrides.model_validate(variant.settings).model_dump(exclude_unset=True)
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")

@@ -496,4 +496,5 @@ def _copy(state: UserState | None) -> UserState | None:
         last_list=list(state.last_list),
         offsets=dict(state.offsets),
         sessions=list(state.sessions),
+        shadow_lists=None if state.shadow_lists is None else dict(state.shadow_lists),
     )

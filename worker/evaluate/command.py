@@ -13,11 +13,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from worker.argtypes import positive_float, positive_int, share
-from worker.config import RECOMMENDER_PARTS, ConfigError, RecommenderPart, Settings
+from worker.config import (
+    CONTROL_VARIANT,
+    RECOMMENDER_PARTS,
+    ConfigError,
+    RecommenderPart,
+    Settings,
+    describe_error,
+)
 from worker.contract import CatalogItem, EventType
 from worker.evaluate.baselines import (
     BASELINE_NAMES,
@@ -30,6 +38,8 @@ from worker.evaluate.harness import (
     Model,
     ModelScore,
     TailorModel,
+    VariantView,
+    replay,
     replay_in_processes,
 )
 from worker.evaluate.logs import (
@@ -274,6 +284,15 @@ def add_evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "from the checkpoint written one TAILOR_MODEL_CHECKPOINT_INTERVAL_S earlier, then "
         "caught up from the model log",
     )
+    run.add_argument(
+        "--variants",
+        type=Path,
+        metavar="FILE",
+        help="an experiment to try on history: a JSON file of variants, as TAILOR_VARIANTS "
+        "takes them (over TAILOR_VARIANTS); users are assigned as the worker assigns them "
+        "(TAILOR_VARIANT_SALT) and Tailor's row becomes one row per variant, each scored "
+        "on its own users with the lists the worker would publish, shadows included",
+    )
     run.add_argument("--seed", type=int, help="random seed (default: TAILOR_SEED)")
     run.add_argument(
         "--redis",
@@ -305,6 +324,8 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
     try:
         params = _params(args.params)
         settings = settings.with_overrides(**params.pop("tailor", {}))
+        if args.variants is not None:
+            settings = _with_variants(settings, args.variants)
     except (LogError, ConfigError) as error:
         print(f"tailor evaluate: {error}", file=sys.stderr)
         return 2
@@ -341,7 +362,11 @@ def evaluate(settings: Settings, args: argparse.Namespace) -> int:
                 "tailor evaluate: --no-tailor and no baselines: nothing to replay", file=sys.stderr
             )
             return 2
-        scores = _replay(log, models, args)
+        views = _variant_views(settings, models) if args.tailor else []
+        others = [model for model in models if not any(model is v.tailor for v in views)]
+        scores = _replay_views(log, views, args)
+        if others:
+            scores += _replay(log, others, args)
     title = (
         f"{args.log.name}: {len(log.events):,} events, {len(catalog):,} items, "
         f"scored after the first {args.warmup:.0%}"
@@ -390,6 +415,49 @@ def _tailor_models(
             )
         )
     return models
+
+
+def _with_variants(settings: Settings, path: Path) -> Settings:
+    """``--variants``: the JSON object TAILOR_VARIANTS takes, checked as the worker checks
+    it at start-up."""
+    try:
+        variants = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise LogError(f"--variants {path}: {error}") from None
+    try:
+        return settings.with_overrides(variants=variants)
+    except ValidationError as error:
+        raise ConfigError(f"--variants {path}: {describe_error(error)}") from None
+
+
+def _variant_views(settings: Settings, models: Sequence[Model]) -> list[VariantView]:
+    """With an experiment configured, the reference Tailor (one worker, no restarts) seen
+    as one model per variant: the published ones, control, then the shadows."""
+    if not settings.variants or not models or not isinstance(models[0], TailorModel):
+        return []
+    tailor = models[0]
+    published = [name for name, v in settings.variants.items() if not v.shadow]
+    shadows = [name for name, v in settings.variants.items() if v.shadow]
+    names = [(name, False) for name in [*published, CONTROL_VARIANT]]
+    names += [(name, True) for name in shadows]
+    return [
+        VariantView(tailor, name, shadow=shadow, driver=n == 0)
+        for n, (name, shadow) in enumerate(names)
+    ]
+
+
+def _replay_views(
+    log: LoadedLog, views: Sequence[VariantView], args: argparse.Namespace
+) -> list[ModelScore]:
+    """The variants' views in one process (they share one replay); every view is given
+    the time of that replay, which made all of their lists."""
+    if not views:
+        return []
+    with _progress(len(log.events), args.no_progress) as advance:
+        scores = replay(log.events, views, args.k, args.warmup, args.batch_size, advance)
+    for score in scores[1:]:
+        score.seconds = scores[0].seconds
+    return scores
 
 
 def _duration(seconds: float) -> str:
@@ -683,6 +751,8 @@ def _run_record(
         "partitions": args.partitions,
         "restart_every_s": args.restart_every,
         "seed": settings.seed,
+        "variants": {name: v.model_dump() for name, v in settings.variants.items()},
+        "variant_salt": settings.variant_salt,
         "command": shlex.join(["tailor", *sys.argv[1:]]),
         "baseline_params": {name: params.get(name, {}) for name in BASELINE_NAMES},
         "tailor_settings_changed": settings.model_dump(

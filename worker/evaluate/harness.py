@@ -32,6 +32,7 @@ __all__ = [
     "ModelScore",
     "SplitCount",
     "TailorModel",
+    "VariantView",
     "history_split",
     "micro_batches",
     "replay",
@@ -62,7 +63,10 @@ class Model(Protocol):
 
     def learn(self, events: Sequence[Event]) -> None: ...
 
-    def recommend(self, events: Sequence[Event], k: int) -> list[list[str]]: ...
+    def recommend(self, events: Sequence[Event], k: int) -> Sequence[list[str] | None]:
+        """Each event's user's list; None where this model makes none for the user (a
+        variant's view of a user of another variant): their events are not scored."""
+        ...
 
 
 class TailorModel:
@@ -114,6 +118,9 @@ class TailorModel:
         self._next_checkpoint: float | None = None
         self._checkpointed_at: list[int] = []  # log positions of the kept checkpoints
         self._lists: dict[str, list[str]] = {}
+        #: user -> variant name -> the list that variant made for them in the latest batch
+        #: (their published variant's, and each shadow's that samples them)
+        self.variant_lists: dict[str, dict[str, list[str]]] = {}
 
     def _start_worker(self, number: int, restore: bool = False) -> _Worker:
         # Named by worker and restart: unique as a process id is, and the replay repeatable.
@@ -150,6 +157,7 @@ class TailorModel:
             )
             self._offsets[partition] += 1
         self._lists = {}
+        self.variant_lists = {}
         for worker, share in zip(self.workers, shares, strict=True):
             if worker.sync is not None:
                 worker.sync.poll(limit=1_000_000)
@@ -166,6 +174,13 @@ class TailorModel:
                 self.store.erase(result.erased)
             for published in result.published:
                 self._lists[published.user_id] = [item for item, _, _ in published.items]
+                if published.variant is not None:
+                    lists = {published.variant: self._lists[published.user_id]}
+                    self.variant_lists[published.user_id] = lists
+            for write in result.writes:  # the shadows' new lists, kept in the users' states
+                if write.state.shadow_lists:
+                    made = self.variant_lists.setdefault(write.state.user_id, {})
+                    made.update(write.state.shadow_lists)
         self._trim_log()
 
     def recommend(self, events: Sequence[Event], k: int) -> list[list[str]]:
@@ -213,6 +228,32 @@ class TailorModel:
             return
         read = min(worker.sync.position for worker in self.workers if worker.sync is not None)
         self.log.trim(min([read, *self._checkpointed_at]))
+
+
+class VariantView:
+    """One experiment variant of a :class:`TailorModel` replayed with variants, as a model
+    of its own: the lists that variant made, for its users only (None for the others, so
+    that each variant is scored on its own users, as the live metrics label them).
+
+    The views of one Tailor share its replay: the ``driver`` (the first view) feeds it each
+    batch, the others only read what it made. They must stay in one process.
+    """
+
+    def __init__(self, tailor: TailorModel, variant: str, *, shadow: bool, driver: bool) -> None:
+        self.tailor = tailor
+        self.variant = variant
+        self.shadow = shadow
+        self.driver = driver
+        self.name = f"{tailor.name} {variant}" + (" (shadow)" if shadow else "")
+
+    def learn(self, events: Sequence[Event]) -> None:
+        if self.driver:
+            self.tailor.learn(events)
+
+    def recommend(self, events: Sequence[Event], k: int) -> list[list[str] | None]:
+        made = self.tailor.variant_lists
+        found = [made.get(event.user_id, {}).get(self.variant) for event in events]
+        return [None if items is None else items[:k] for items in found]
 
 
 @dataclass(slots=True)
@@ -411,7 +452,7 @@ def replay(
             score.seconds += time.perf_counter() - started
             score.events += len(batch)
             for event, items in zip(latest, refreshed, strict=True):
-                if event.type is EventType.FORGET:
+                if items is None or event.type is EventType.FORGET:
                     shown.pop(event.user_id, None)
                 else:
                     shown[event.user_id] = items

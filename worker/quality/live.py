@@ -21,7 +21,6 @@ from worker.contract import Event
 from worker.quality.sources import UNKNOWN, source_name
 
 __all__ = [
-    "DEFAULT_VARIANT",
     "KS",
     "NO_SEGMENT",
     "LiveCounts",
@@ -31,8 +30,6 @@ __all__ = [
 
 #: The cut-offs of the live hit counters (label ``k``); lists shorter than K count as K.
 KS: tuple[int, ...] = (5, 10, 20)
-#: The variant of every user until experiments assign others.
-DEFAULT_VARIANT = "default"
 #: The segment label when segmenting is off.
 NO_SEGMENT = "all"
 

@@ -14,6 +14,14 @@ A micro-batch is handled in three steps:
    previous list), trending, co-visitation and taste vectors (vectorised over the batch);
 3. **recommend** for every touched user: candidates -> features -> ranker -> filters ->
    diversity -> exploration -> top-K with reasons.
+
+Experiments (:mod:`worker.recommend.variants`) touch step 3 only: the batch's users are
+grouped by the variant they are assigned and each group's lists are assembled with that
+variant's settings, while the shared models learn from every event alike. The ranker
+learns from the published lists alone (whatever variant made them); a shadow variant's
+lists are kept in the user's state to be scored against, never published and never taught
+from, and are drawn with a random generator of their own, so that adding a shadow does not
+change one published list.
 """
 
 from __future__ import annotations
@@ -41,11 +49,17 @@ from worker.models.sessions import SessionNeighbours, session_token
 from worker.models.taste import TasteModel
 from worker.models.trending import Trending
 from worker.quality.exposure import BatchExposure, batch_exposure
-from worker.quality.live import DEFAULT_VARIANT, LiveCounts, Segmenter
-from worker.recommend.candidates import Candidates, UserContext, gather_candidates
+from worker.quality.live import LiveCounts, Segmenter
+from worker.recommend.candidates import (
+    CandidateBatch,
+    Candidates,
+    UserContext,
+    gather_candidates,
+)
 from worker.recommend.context import ModelContext
 from worker.recommend.lists import Item, Lists, finish_lists, recommendable
 from worker.recommend.signals import event_weight
+from worker.recommend.variants import Variants, unit_hash
 from worker.state.user import Interaction, UserState, UserWrite, other_topic
 
 __all__ = [
@@ -111,24 +125,26 @@ class Published:
     covered_event_ids: list[str]
     generated_at: datetime
     model_version: str = MODEL_VERSION
-    #: the experiment variant the user's list was made under (labels live metrics)
-    variant: str = DEFAULT_VARIANT
+    #: the experiment variant that made the list; None (and no field in the message)
+    #: when no experiment is configured
+    variant: str | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "schema_version": 1,
-                "user_id": self.user_id,
-                "items": [
-                    {"item_id": item, "score": round(score, 6), "reasons": reasons}
-                    for item, score, reasons in self.items
-                ],
-                "source_event_id": self.source_event_id,
-                "covered_event_ids": self.covered_event_ids,
-                "generated_at": self.generated_at.isoformat(timespec="milliseconds"),
-                "model_version": self.model_version,
-            }
-        )
+        message = {
+            "schema_version": 1,
+            "user_id": self.user_id,
+            "items": [
+                {"item_id": item, "score": round(score, 6), "reasons": reasons}
+                for item, score, reasons in self.items
+            ],
+            "source_event_id": self.source_event_id,
+            "covered_event_ids": self.covered_event_ids,
+            "generated_at": self.generated_at.isoformat(timespec="milliseconds"),
+            "model_version": self.model_version,
+        }
+        if self.variant is not None:
+            message["variant"] = self.variant
+        return orjson.dumps(message)
 
 
 @dataclass(slots=True)
@@ -149,6 +165,9 @@ class BatchResult:
     quality: LiveCounts = field(default_factory=LiveCounts)
     #: per variant, what the published lists showed (live bias and coverage)
     exposure: dict[str, BatchExposure] = field(default_factory=dict)
+    #: per user with any, each shadow variant's list as it stood before this batch (from
+    #: the user's state): what this batch's events are scored against live
+    shadow_lists: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -180,6 +199,30 @@ class _UserBatch:
     shared: list[bool]  # per fresh event: not yet in the shared models either
     listed: bool  # the user had a list before this batch (their state was stored)
     variant: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Ranked:
+    """One variant's users of a batch (their slots) with their ranked candidates."""
+
+    slots: list[int]
+    gathering: dict[str, object]  # what candidate gathering read of the settings
+    batch: CandidateBatch
+    scores: FloatArray
+
+
+#: What only list finishing reads (:func:`~worker.recommend.lists.finish_lists`): two
+#: variants alike in everything else gather and rank the same candidates.
+_FINISHING_ONLY = frozenset(
+    {"top_k", "explore_share", "max_per_category", "just_bought_window_s", "parts_off", "variants"}
+)
+
+
+def _gathering(settings: Settings) -> dict[str, object]:
+    """The settings candidate gathering and ranking read (the explore part is finishing's)."""
+    read: dict[str, object] = settings.model_dump(exclude=set(_FINISHING_ONLY))
+    read["parts_off"] = sorted(set(settings.parts_off) - {"explore"})
+    return read
 
 
 class Recommender:
@@ -219,6 +262,10 @@ class Recommender:
             settings.ranker_learning_rate, settings.ranker_l2, settings.ranker_optimizer
         )
         self.rng = np.random.default_rng(settings.seed)  # reseeded by a checkpoint restore
+        self.variants = Variants(settings)
+        #: per variant, what its candidate gathering reads of its settings (a shadow alike
+        #: in it finishes a published variant's candidates: :meth:`_shadows`)
+        self._gathering = {name: _gathering(s) for name, s in self.variants.settings.items()}
         self.deny_categories = frozenset(settings.deny_categories)
         self.segmenter = Segmenter(settings.quality_segment, settings.quality_segment_values)
         self._shown: OrderedDict[str, Candidates] = OrderedDict()
@@ -291,7 +338,17 @@ class Recommender:
         result.delta = self._learn(users, forgets, forgotten)
         generated_at = now or datetime.now(UTC)
         contexts = [UserContext.of(user.covered[-1].event) for user in users.values()]
-        lists = self.recommend_lists([user.state for user in users.values()], contexts)
+        user_states = [user.state for user in users.values()]
+        variants = self.variants
+        if variants.enabled:
+            names = [user.variant for user in users.values()]
+            lists, ranked = self._recommend_variants(user_states, contexts, names)
+            self._shadows(user_states, contexts, result, ranked)
+        else:
+            lists = self.recommend_lists(user_states, contexts)
+            for state in user_states:
+                if state.shadow_lists is not None:  # shadows configured before: clear them
+                    state.shadow_lists = {}
         for (user_id, user), items, sources in zip(
             users.items(), lists.items, lists.sources, strict=True
         ):
@@ -307,33 +364,43 @@ class Recommender:
                     source_event_id=user.covered[-1].event.event_id,
                     covered_event_ids=[envelope.event.event_id for envelope in user.covered],
                     generated_at=generated_at,
-                    variant=user.variant,
+                    variant=user.variant if variants.enabled else None,
                 )
             )
         result.exposure = self._exposure([user.variant for user in users.values()], lists)
         return result
 
     def variant_of(self, user_id: str) -> str:
-        """The experiment variant a user is in: the one place that decides it."""
-        return DEFAULT_VARIANT
+        """The experiment variant whose list a user is published (``"control"`` without an
+        experiment): the one place that decides it, for lists and for live metrics."""
+        return self.variants.assign(user_id)
 
     def _score(self, users: Mapping[str, _UserBatch], counts: LiveCounts) -> None:
-        """Live quality: each fresh event against the list its user was last published.
+        """Live quality: each fresh event against the list its user was last published,
+        and against each shadow variant's last list for them (labelled by the shadow).
 
         The definition of ``tailor evaluate`` (:mod:`worker.quality.live`); replayed events
-        are not fresh, so a redone batch is not counted twice.
+        are not fresh, so a redone batch is not counted twice. A shadow's hits have no
+        source (``unknown``): its reasons are not kept.
         """
         segment_of = self.segmenter.of
         for user in users.values():
             if not user.listed:
                 continue
             shown, sources = user.state.last_list, user.state.last_sources
+            shadows = {
+                name: ids
+                for name, ids in (user.state.shadow_lists or {}).items()
+                if name in self.variants.shadows
+            }
             for envelope in user.fresh:
                 event = envelope.event
                 if event.item_id is None or event_weight(event) <= 0:
                     continue
                 labels = (user.variant, event.type.value, segment_of(event))
                 counts.score(labels, event.item_id, shown, sources)
+                for shadow, listed in shadows.items():  # never shown: scored all the same
+                    counts.score((shadow, labels[1], labels[2]), event.item_id, listed, "")
 
     def _exposure(self, variants: list[str], lists: Lists) -> dict[str, BatchExposure]:
         """Per variant, what the batch's lists showed (one vectorised pass per variant)."""
@@ -350,6 +417,94 @@ class Recommender:
         now (what the live bias figures measure against)."""
         rows = np.arange(len(self.index), dtype=np.int64)
         return self.trending.normalised(rows), recommendable(self.model_context(), rows)
+
+    def _recommend_variants(
+        self, states: Sequence[UserState], contexts: Sequence[UserContext], names: Sequence[str]
+    ) -> tuple[Lists, list[_Ranked]]:
+        """Each user's list made with their variant's settings: one pipeline per variant;
+        and each variant's ranked candidates, for shadows that gather alike."""
+        groups: dict[str, list[int]] = {}
+        for slot, name in enumerate(names):
+            groups.setdefault(name, []).append(slot)
+        lists = Lists([[] for _ in states], ["" for _ in states], [[] for _ in states])
+        ranked: list[_Ranked] = []
+        for name, slots in groups.items():
+            group_states = [states[slot] for slot in slots]
+            group_contexts = [contexts[slot] for slot in slots]
+            models = self.model_context(self.variants.settings[name])
+            batch, scores = self._rank(models, group_states, group_contexts, remember=True)
+            made = finish_lists(models, group_states, group_contexts, batch, scores)
+            for position, slot in enumerate(slots):
+                lists.items[slot] = made.items[position]
+                lists.sources[slot] = made.sources[position]
+                lists.rows[slot] = made.rows[position]
+            ranked.append(_Ranked(slots, self._gathering[name], batch, scores))
+        return lists, ranked
+
+    def _shadows(
+        self,
+        states: Sequence[UserState],
+        contexts: Sequence[UserContext],
+        result: BatchResult,
+        ranked: Sequence[_Ranked],
+    ) -> None:
+        """Make each shadow's lists for its users and keep them in their states (bounded:
+        K ids per shadow per user); ``result`` gets the lists they replace, to score.
+
+        A shadow that gathers and ranks candidates as a published variant does (it differs
+        only in K, exploration, the category cap or the just-bought window) finishes that
+        variant's ranked candidates instead of gathering them again, when it samples every
+        user of that variant: the same lists at a fraction of the cost (but for the random
+        draws of exploration, dealt out per variant rather than over all users at once).
+        """
+        shadows = self.variants.shadows
+        for state in states:
+            if state.shadow_lists:
+                kept = {name: ids for name, ids in state.shadow_lists.items() if name in shadows}
+                if kept:
+                    result.shadow_lists[state.user_id] = kept
+            if state.shadow_lists is not None:  # made afresh below, or emptied
+                state.shadow_lists = {}
+        for name in self.variants.shadows:
+            slots = [
+                slot
+                for slot, state in enumerate(states)
+                if name in self.variants.shadows_of(state.user_id)
+            ]
+            if not slots:
+                continue
+            rng = np.random.default_rng(
+                [self.settings.seed, int(unit_hash(name, "shadow") * 2**32), self.totals.events]
+            )
+            settings = self.variants.settings[name]
+            models = self.model_context(settings, rng)
+            gathering = self._gathering[name]
+            rest = set(slots)
+            made: list[tuple[list[int], list[list[Item]]]] = []
+            for group in ranked:
+                if group.gathering == gathering and rest.issuperset(group.slots):
+                    group_states = [states[slot] for slot in group.slots]
+                    group_contexts = [contexts[slot] for slot in group.slots]
+                    lists = finish_lists(
+                        models, group_states, group_contexts, group.batch, group.scores
+                    ).items
+                    made.append((group.slots, lists))
+                    rest.difference_update(group.slots)
+            if rest:
+                left = sorted(rest)
+                lists = self.recommend(
+                    [states[slot] for slot in left],
+                    [contexts[slot] for slot in left],
+                    settings,
+                    rng=rng,
+                )
+                made.append((left, lists))
+            for group_slots, lists in made:
+                for slot, items in zip(group_slots, lists, strict=True):
+                    state = states[slot]
+                    if state.shadow_lists is None:
+                        state.shadow_lists = {}
+                    state.shadow_lists[name] = [item for item, _, _ in items]
 
     def _sort_out(
         self,
@@ -644,12 +799,17 @@ class Recommender:
             lessons.append((user, chosen))
             if user_id not in self._shown and user.state.last_list:
                 missing.append(user)
-        if missing:
-            contexts = [UserContext.of(user.fresh[0].event) for user in missing]
+        groups: dict[str, list[_UserBatch]] = {}
+        for user in missing:  # each with the candidates its variant's lists were made of
+            groups.setdefault(self.variant_of(user.state.user_id), []).append(user)
+        for name, group in groups.items():
+            contexts = [UserContext.of(user.fresh[0].event) for user in group]
             batch = gather_candidates(
-                self.model_context(), [user.state for user in missing], contexts
+                self.model_context(self.variants.settings[name]),
+                [user.state for user in group],
+                contexts,
             )
-            for slot, user in enumerate(missing):
+            for slot, user in enumerate(group):
                 self._remember_shown(user.state.user_id, batch.user(slot))
         for user, chosen in lessons:
             shown = self._shown.pop(user.state.user_id, None)
@@ -666,29 +826,59 @@ class Recommender:
     # -- recommending ---------------------------------------------------------------------------
 
     def recommend(
-        self, states: Sequence[UserState], contexts: Sequence[UserContext]
+        self,
+        states: Sequence[UserState],
+        contexts: Sequence[UserContext],
+        settings: Settings | None = None,
+        rng: np.random.Generator | None = None,
     ) -> list[list[Item]]:
-        """Each user's top-K as (item id, score, reasons), best first, in one batch."""
-        return self.recommend_lists(states, contexts).items
+        """Each user's top-K as (item id, score, reasons), best first, in one batch.
+
+        ``settings`` are a variant's (default: the worker's). A list made with a random
+        generator of its own (``rng``: a shadow's) is never shown, so the ranker does not
+        remember its candidates to learn from.
+        """
+        return self.recommend_lists(states, contexts, settings, rng).items
 
     def recommend_lists(
-        self, states: Sequence[UserState], contexts: Sequence[UserContext]
+        self,
+        states: Sequence[UserState],
+        contexts: Sequence[UserContext],
+        settings: Settings | None = None,
+        rng: np.random.Generator | None = None,
     ) -> Lists:
         """:meth:`recommend` with each listed item's source and row (for live quality)."""
         if not states:
             return Lists([], [], [])
-        models = self.model_context()
-        batch = gather_candidates(models, states, contexts)
-        scores = self.ranker.score(batch.features)
-        remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
-        for state, candidates in zip(states, remembered, strict=True):
-            self._remember_shown(state.user_id, candidates)
+        models = self.model_context(settings, rng)
+        batch, scores = self._rank(models, states, contexts, remember=rng is None)
         return finish_lists(models, states, contexts, batch, scores)
 
-    def model_context(self) -> ModelContext:
-        """The models as candidate gathering and list assembly see them, for one batch."""
+    def _rank(
+        self,
+        models: ModelContext,
+        states: Sequence[UserState],
+        contexts: Sequence[UserContext],
+        *,
+        remember: bool,
+    ) -> tuple[CandidateBatch, FloatArray]:
+        """Every user's candidates and their ranker scores; ``remember`` the best of them
+        for the ranker's next lesson when the lists will be shown."""
+        batch = gather_candidates(models, states, contexts)
+        scores = self.ranker.score(batch.features)
+        if remember:
+            remembered = batch.best(scores, _REMEMBERED_CANDIDATES)
+            for state, candidates in zip(states, remembered, strict=True):
+                self._remember_shown(state.user_id, candidates)
+        return batch, scores
+
+    def model_context(
+        self, settings: Settings | None = None, rng: np.random.Generator | None = None
+    ) -> ModelContext:
+        """The models as candidate gathering and list assembly see them, for one batch,
+        with a variant's ``settings`` (default: the worker's)."""
         return ModelContext(
-            settings=self.settings,
+            settings=settings or self.settings,
             index=self.index,
             catalog=self.catalog,
             trending=self.trending,
@@ -697,7 +887,7 @@ class Recommender:
             sessions=self.sessions,
             taste=self.taste,
             ranker=self.ranker,
-            rng=self.rng,
+            rng=self.rng if rng is None else rng,
             deny_categories=self.deny_categories,
             category_top=self.category_top,
         )

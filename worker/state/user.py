@@ -4,8 +4,10 @@ Everything here is bounded: a fixed-size float32 taste vector, at most ``recent_
 recent interactions, at most K items of the last published list (with one character per
 item saying where it came from, for live quality), a few counters, and the
 Kafka offsets already applied (one per partition the user's events came from) with the id
-of the events topic they belong to. Nothing from the event's free-form context is kept:
-only item ids, types and times.
+of the events topic they belong to, and, only while shadow variants are configured, each
+shadow's latest list (at most its K item ids: what the user's next event is scored
+against). Nothing from the event's free-form context is kept: only item ids, types and
+times.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 __all__ = [
     "OFFSET_FIELD_PREFIX",
     "SESSIONS_PER_USER",
+    "SHADOW_FIELD",
     "TOPIC_ID_FIELD",
     "Interaction",
     "UserState",
@@ -41,6 +44,9 @@ TOPIC_ID_FIELD = "i"
 #: them from the shared similar-sessions model (which itself knows no users). Older
 #: sessions than these have usually left the model's ring already (docs/models.md).
 SESSIONS_PER_USER = 16
+#: Hash field of the shadow variants' latest lists (JSON: name -> item ids); written only
+#: while shadows are configured or the field exists, so without shadows no byte changes.
+SHADOW_FIELD = "w"
 
 
 def other_topic(held: str, given: str) -> bool:
@@ -77,6 +83,9 @@ class UserState:
     #: id of the events topic ``offsets`` belong to; "" when unknown (a state written
     #: before ids were kept, or by a source that has none), which counts as "the same"
     topic_id: str = ""
+    #: each shadow variant's latest list for this user (item ids, at most its K), by name;
+    #: None when the state never held any (no field in Redis), {} to clear the field
+    shadow_lists: dict[str, list[str]] | None = None
 
     def session_for(self, at: float, gap_s: float) -> int | None:
         """The open session's token at ``at``, or None when a new session starts."""
@@ -134,6 +143,8 @@ def encode_user(state: UserState) -> dict[str, bytes]:
     }
     if state.topic_id:
         fields[TOPIC_ID_FIELD] = state.topic_id.encode()
+    if state.shadow_lists is not None:
+        fields[SHADOW_FIELD] = orjson.dumps(state.shadow_lists)
     return fields
 
 
@@ -150,6 +161,7 @@ def decode_user(user_id: str, fields: dict[bytes, bytes], dim: int) -> UserState
         if key.startswith(OFFSET_FIELD_PREFIX.encode())
     }
     visit_at, sessions = orjson.loads(fields.get(b"s", b"[0.0, []]"))
+    shadows = fields.get(SHADOW_FIELD.encode())
     return UserState(
         user_id=user_id,
         vector=vector,
@@ -162,4 +174,5 @@ def decode_user(user_id: str, fields: dict[bytes, bytes], dim: int) -> UserState
         sessions=[int(token) for token in sessions],
         visit_at=float(visit_at),
         topic_id=fields.get(TOPIC_ID_FIELD.encode(), b"").decode(),
+        shadow_lists=None if shadows is None else dict(orjson.loads(shadows)),
     )
