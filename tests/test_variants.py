@@ -239,6 +239,37 @@ def test_shadow_lists_before_the_batch_are_handed_on_for_scoring() -> None:
     assert all(len(kept[user]["tight"]) == 4 for user in users)
 
 
+def test_a_shadow_is_scored_live_against_its_own_list_under_its_own_name() -> None:
+    settings = Settings().with_overrides(
+        top_k=10, variants={"tight": {"share": 1.0, "shadow": True, "settings": {"top_k": 4}}}
+    )
+    world = World(settings)
+    world.background()
+    first, second = _clicks(world, 2)
+    world.process(first)
+    before = {user: list(world.states[user].shadow_lists["tight"]) for user in world.states}
+    published = {user: list(world.states[user].last_list) for user in world.states}
+    # every second event goes for the shadow's top item: hits for it, counted by hand
+    planted = [
+        Envelope(e.event.model_copy(update={"item_id": before[e.event.user_id][0]}), 0, e.offset)
+        if n % 2 == 0
+        else e
+        for n, e in enumerate(second)
+    ]
+    result = world.process(planted)
+    tallies = result.quality.tallies
+    shadow = [t for (variant, _, _), t in tallies.items() if variant == "tight"]
+    control = [t for (variant, _, _), t in tallies.items() if variant == CONTROL_VARIANT]
+    expected_shadow_hits = sum(e.event.item_id in before[e.event.user_id][:4] for e in planted)
+    expected_control_hits = sum(e.event.item_id in published[e.event.user_id] for e in planted)
+    assert sum(t.scored for t in shadow) == sum(t.scored for t in control) == len(planted)
+    assert sum(t.hits[-1] for t in shadow) == expected_shadow_hits >= len(planted) // 2
+    assert sum(t.hits[-1] for t in control) == expected_control_hits
+    assert {source for variant, source in result.quality.hit_sources if variant == "tight"} == {
+        "unknown"
+    }
+
+
 def test_each_user_gets_the_lists_of_their_variant() -> None:
     settings = Settings().with_overrides(
         top_k=10, variants={"short": {"share": 0.5, "settings": {"top_k": 4}}}
