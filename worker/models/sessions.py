@@ -121,14 +121,17 @@ class SessionNeighbours:
         self._serial[token] = serial
         return serial
 
-    def _post(self, rows: list[int], serials: list[int]) -> None:
-        """Append each session to its item's ring of latest sessions."""
-        needed = max(rows) + 1
-        if needed > self.postings.shape[0]:
-            self.postings = grow_rows(self.postings, needed, fill=_EMPTY)
+    def reserve(self, rows: int) -> None:
+        """Postings for ``rows`` items now, so that no batch pays for growing them."""
+        if rows > self.postings.shape[0]:
+            self.postings = grow_rows(self.postings, rows, fill=_EMPTY)
             self.cursor = np.concatenate(
                 [self.cursor, np.zeros(self.postings.shape[0] - self.cursor.size, np.int64)]
             )
+
+    def _post(self, rows: list[int], serials: list[int]) -> None:
+        """Append each session to its item's ring of latest sessions."""
+        self.reserve(max(rows) + 1)
         for row, serial in zip(rows, serials, strict=True):
             at = int(self.cursor[row])
             self.postings[row, at % self.per_item] = serial

@@ -306,12 +306,25 @@ class Recommender:
                 rows.append(row)
                 words.append(tokens)
                 embeddings.append(item.embedding)
+        self._reserve()
         if not rows:
             return
         vectors, valid = content_vectors(words, embeddings, self.settings.vector_dim)
         for slot, row in enumerate(rows):
             if valid[slot]:
                 self.taste.set_content(row, vectors[slot])
+
+    def _reserve(self) -> None:
+        """Size the per-item models for every item known, at catalog time.
+
+        Otherwise they grow by doubling (and item vectors are drawn) inside the first
+        batches that touch new items: seconds of stalls in the lists' latency in a worker's
+        first minutes, for the same arrays and values in the end.
+        """
+        items = len(self.index)
+        self.covis.reserve(items)
+        self.sessions.reserve(items)
+        self.taste.ensure(items)
 
     # -- one micro-batch ------------------------------------------------------------------
 
