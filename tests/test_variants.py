@@ -247,7 +247,9 @@ def test_a_shadow_is_scored_live_against_its_own_list_under_its_own_name() -> No
     world.background()
     first, second = _clicks(world, 2)
     world.process(first)
-    before = {user: list(world.states[user].shadow_lists["tight"]) for user in world.states}
+    before = {
+        user: list((state.shadow_lists or {})["tight"]) for user, state in world.states.items()
+    }
     published = {user: list(world.states[user].last_list) for user in world.states}
     # every second event goes for the shadow's top item: hits for it, counted by hand
     planted = [
