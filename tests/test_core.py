@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -571,3 +572,41 @@ def test_covisitation_features_keep_its_order_and_single_out_the_latest_item() -
     assert (last[pulled_by_newest] > 0).any()
     # The newest item's neighbours count in full; the older anchor's are discounted.
     assert (last <= covis + 1e-6).all()
+
+
+def _thing(item_id: str, title: str, category: str) -> CatalogItem:
+    return CatalogItem(item_id=item_id, title=title, category=["shop", category])
+
+
+def test_a_catalog_item_given_twice_in_one_load_starts_from_its_latest_text() -> None:
+    twice = Recommender(Settings())
+    twice.apply_catalog_many(
+        [("x", _thing("x", "red mug", "kitchen")), ("x", _thing("x", "blue bike", "sport"))]
+    )
+    once = Recommender(Settings())
+    once.apply_catalog_many([("x", _thing("x", "blue bike", "sport"))])
+    row = twice.index.row("x")
+    assert np.array_equal(twice.taste.vectors[row], once.taste.vectors[row])
+
+
+def test_a_catalog_reload_skips_the_content_of_items_that_already_took_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import worker.recommend.core as core_module
+
+    rec = Recommender(Settings())
+    items = [(f"i{n}", _thing(f"i{n}", f"thing number {n}", "shop")) for n in range(6)]
+    rec.apply_catalog_many(items[:4])
+    before = rec.taste.vectors[: len(rec.index)].copy()
+    computed: list[int] = []
+    real = core_module.content_vectors  # type: ignore[attr-defined]  # patched where used
+
+    def counting(words: Any, embeddings: Any, dim: int) -> Any:
+        computed.append(len(words))
+        return real(words, embeddings, dim)
+
+    monkeypatch.setattr(core_module, "content_vectors", counting)
+    rec.apply_catalog_many(items)  # a reload (as after a restore) plus two new items
+    assert computed == [2]
+    assert np.array_equal(rec.taste.vectors[:4], before[:4])
+    assert all(rec.taste.content_set[: len(rec.index)])

@@ -75,6 +75,14 @@ class TasteModel:
         for row in [r for r in self._pending if begin <= r < rows]:
             self._blend(row, self._pending.pop(row))
 
+    def wants_content(self, row: int) -> bool:
+        """Whether :meth:`set_content` would still move the item's vector.
+
+        After a checkpoint restore most items have had theirs: a catalog reload then need
+        not compute their content vectors again (most of a 100k-item start-up).
+        """
+        return row >= self._ready or not bool(self.content_set[row])
+
     def set_content(self, row: int, vector: F32) -> None:
         """Blend a catalog content vector into the item's start, once (learning moves it on).
 

@@ -288,9 +288,9 @@ class Recommender:
     def apply_catalog_many(self, changes: Sequence[tuple[str, CatalogItem | None]]) -> None:
         """Upserts and tombstones in topic order, content vectors computed in one go."""
         content_on = self.settings.part_on("content")
-        rows: list[int] = []
-        words: list[list[str]] = []
-        embeddings: list[list[float] | None] = []
+        #: row -> its latest words and embedding, for the items whose start vector still
+        #: takes their content (after a checkpoint restore, few do)
+        wanted: dict[int, tuple[list[str], list[float] | None]] = {}
         for item_id, item in changes:
             row = self.index.row(item_id)
             if row < 0:
@@ -298,18 +298,24 @@ class Recommender:
             if item is None:
                 self.catalog.delete(row)
                 self.content.delete(row)
+                wanted.pop(row, None)
                 continue
             self.catalog.upsert(row, item)
             if content_on:
                 tokens = item_words(item)
                 self.content.upsert(row, list(dict.fromkeys(tokens)))
-                rows.append(row)
-                words.append(tokens)
-                embeddings.append(item.embedding)
+                if self.taste.wants_content(row):
+                    wanted.pop(row, None)  # the latest version goes last, as it came
+                    wanted[row] = (tokens, item.embedding)
         self._reserve()
-        if not rows:
+        if not wanted:
             return
-        vectors, valid = content_vectors(words, embeddings, self.settings.vector_dim)
+        rows = list(wanted)
+        vectors, valid = content_vectors(
+            [words for words, _ in wanted.values()],
+            [embedding for _, embedding in wanted.values()],
+            self.settings.vector_dim,
+        )
         for slot, row in enumerate(rows):
             if valid[slot]:
                 self.taste.set_content(row, vectors[slot])
