@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(2.0, gt=0, le=60, description="socket and connect timeout")
     redis_chunk_size: int = Field(1000, ge=1, le=100_000, description="commands per pipeline")
     user_ttl_s: int = Field(90 * 24 * 3600, ge=60, description="idle user state expires after")
+    store_lists: bool = Field(
+        True,
+        description="keep each user's latest published list in Redis, beside their state and "
+        "with its TTL, for `tailor serve` (about 1 KB a user at K=20; off: serve has no lists)",
+    )
 
     # Recommender
     top_k: int = Field(20, ge=1, le=500, description="items per published list")

@@ -1,13 +1,14 @@
 """The one place that talks to Redis.
 
-Layout: one hash per user, ``<prefix>:{u:<user_id>}``; the ``{u:...}`` hash tag keeps any
-future per-user keys in the same Redis Cluster slot, so one script updates them
-atomically. Every key gets the idle TTL on each write.
+Layout: one hash per user, ``<prefix>:{u:<user_id>}``, and beside it the list last
+published for the user, ``<prefix>:{u:<user_id>}:list`` (what ``tailor serve`` answers
+from); the ``{u:...}`` hash tag keeps a user's keys in the same Redis Cluster slot, so one
+script updates them atomically. Every key gets the idle TTL on each write.
 
 The same code runs on one Redis server and on a Redis Cluster (:func:`connect_redis` picks
 the client): every command names one key or one hash tag, pipelines are not transactions
-(redis-py's cluster pipeline splits them by node), the Lua script touches only ``KEYS[1]``,
-and SCAN goes to every master.
+(redis-py's cluster pipeline splits them by node), the Lua script touches only its
+``KEYS`` (one user's two keys, one slot), and SCAN goes to every master.
 
 Reads and writes are chunked pipelines: one round trip per micro-batch (per chunk of
 ``redis_chunk_size`` commands), never one per event. Writes go through a Lua script that
@@ -61,16 +62,18 @@ __all__ = [
     "redacted_url",
 ]
 
-# KEYS[1] = the user's hash
+# KEYS[1] = the user's hash; KEYS[2] = the user's latest published list (same hash tag)
 # ARGV[1] = idle TTL (s); ARGV[2] = "1" to erase the user first (a forget in this batch)
 # ARGV[3] = the events topic id the offsets belong to ("" when unknown)
-# ARGV[4] = n, then n pairs (offset field, offset), then (field, value) pairs of the state
+# ARGV[4] = the list to store ("" = none: the stored one, if any, stays until its TTL)
+# ARGV[5] = n, then n pairs (offset field, offset), then (field, value) pairs of the state
 # Offsets (fields o:*) stored under another topic id (field i) are void: they are deleted
-# instead of guarding, since a recreated topic numbers its messages from 0 again.
+# instead of guarding, since a recreated topic numbers its messages from 0 again. A write
+# the guard refuses stores no list either: the list and the state stay of one batch.
 _GUARDED_WRITE = """
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
 else
   local topic = redis.call('HGET', KEYS[1], 'i')
   if topic and ARGV[3] ~= '' and topic ~= ARGV[3] then
@@ -81,15 +84,18 @@ else
     end
   else
     for i = 0, n - 1 do
-      local applied = redis.call('HGET', KEYS[1], ARGV[5 + 2 * i])
-      if applied and tonumber(applied) >= tonumber(ARGV[6 + 2 * i]) then
+      local applied = redis.call('HGET', KEYS[1], ARGV[6 + 2 * i])
+      if applied and tonumber(applied) >= tonumber(ARGV[7 + 2 * i]) then
         return 0
       end
     end
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', tonumber(ARGV[1]))
+end
 return 1
 """
 assert (TOPIC_ID_FIELD, OFFSET_FIELD_PREFIX) == ("i", "o:"), "the script names both fields"
@@ -288,6 +294,15 @@ class UserStore:
     def key(self, user_id: str) -> str:
         return f"{self.prefix}:{{u:{user_id}}}"
 
+    def list_key(self, user_id: str) -> str:
+        """The user's latest published list (a string key beside the hash, same hash tag).
+
+        Not a field of the hash: the worker reads every user's hash whole (HGETALL) each
+        batch and has no use for the list's scores and reasons, which would triple what
+        that read carries.
+        """
+        return f"{self.prefix}:{{u:{user_id}}}:list"
+
     def check(self) -> None:
         """One PING at start-up; raises :class:`StoreUnavailable` saying what failed.
 
@@ -352,9 +367,9 @@ class UserStore:
         an extra round trip per batch.
 
         Sent as a raw command: redis-py's cluster pipeline blocks its ``evalsha`` method
-        (redis/redis-py#2914, lifted after 8.1) though it routes a raw EVALSHA by its one
-        key like any keyed command; a node that lacks the script answers NOSCRIPT, which
-        :meth:`write` mends."""
+        (redis/redis-py#2914, lifted after 8.1) though it routes a raw EVALSHA by its keys
+        (one user's two, one slot) like any keyed command; a node that lacks the script
+        answers NOSCRIPT, which :meth:`write` mends."""
         pipe = self.client.pipeline(transaction=False)
         for write in writes:
             state = write.state
@@ -368,22 +383,45 @@ class UserStore:
                 self.ttl_s,
                 int(write.erase_first),
                 state.topic_id,
+                write.listed,
                 len(state.offsets),
                 *offsets,
                 *fields,
             ]
-            pipe.execute_command("EVALSHA", self._write_sha, 1, self.key(state.user_id), *args)
+            user = state.user_id
+            pipe.execute_command(
+                "EVALSHA", self._write_sha, 2, self.key(user), self.list_key(user), *args
+            )
         return pipe
 
     def erase(self, user_ids: Iterable[str]) -> int:
-        """Delete every key of these users (a privacy request); returns keys removed."""
-        keys = [self.key(user_id) for user_id in user_ids]
+        """Delete every key of these users (a privacy request); returns keys removed.
+
+        The stored list goes too whatever ``TAILOR_STORE_LISTS`` says now: it may have
+        been written while it was on. One DEL per key, as every command here names one.
+        """
+        keys = [key for user_id in user_ids for key in (self.key(user_id), self.list_key(user_id))]
         if not keys:
             return 0
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.delete(key)
         return sum(int(n) for n in self._execute(pipe))
+
+    def latest_list(self, user_id: str) -> bytes | None:
+        """The list last published for the user, as the recommendations topic carried it;
+        None when none is stored (an unknown, erased or idle-expired user, or storing off).
+
+        One GET, for ``tailor serve``; errors raise :class:`StoreUnavailable` or
+        :class:`StoreRefused` as for the worker.
+        """
+        try:
+            value = self.client.get(self.list_key(user_id))
+        except _TRANSIENT as error:
+            raise StoreUnavailable(f"Redis unreachable: {error}") from error
+        except redis.ResponseError as error:
+            raise StoreRefused(explain_redis_error(error, self.settings)) from error
+        return None if value is None else bytes(value)  # type: ignore[arg-type]
 
     def keys_of(self, user_id: str) -> list[bytes]:
         """Every key that mentions the user's hash tag (SCAN, for verifying an erasure)."""
