@@ -35,8 +35,9 @@ Settings come from TAILOR_* environment variables (for example TAILOR_BOOTSTRAP_
 TAILOR_REDIS_URL, TAILOR_TOP_K) and an optional --config file (.toml or .yaml with the same
 names in lower case); see `tailor config` for every setting and its current value.
 
-`tailor run` needs the package alone; demo, bench and evaluate need an extra each
-(pip install 'tailor-worker[demo]', [bench], [evaluate]) and say so when it is missing.
+`tailor run` needs the package alone; demo, bench, evaluate and serve need an extra each
+(pip install 'tailor-worker[demo]', [bench], [evaluate], [serve]) and say so when it is
+missing.
 """
 
 
@@ -133,9 +134,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the defaults as the Markdown table the README carries",
     )
+    _serve_parser(commands)
     _bench_parser(commands)
     _evaluate_parser(commands)
     return parser
+
+
+def _serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """As for ``evaluate``: the real parser needs the extra, the stand-in names it."""
+    if missing_extra("serve") is None:
+        from worker.serve.command import add_serve_parser
+
+        add_serve_parser(commands)
+        return
+    stand_in = commands.add_parser(
+        "serve",
+        help=f"answer HTTP requests for users' latest lists and trending items (needs the "
+        f"{EXTRAS['serve'].name} extra)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    stand_in.add_argument("given", nargs="*", help=argparse.SUPPRESS)
 
 
 def _topics_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -542,6 +561,12 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.serve.command import run_serve
+
+    return run_serve(settings, args)
+
+
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from worker.evaluate.command import evaluate
 
@@ -567,6 +592,7 @@ _COMMANDS = {
     "config": _config,
     "bench": _bench,
     "evaluate": _evaluate,
+    "serve": _serve,
 }
 
 

@@ -315,6 +315,19 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
+    # Read path: `tailor serve` (README, "Read path: tailor serve")
+    serve_host: str = Field("0.0.0.0", description="address `tailor serve` listens on")
+    serve_port: int = Field(
+        8080, ge=0, le=65535, description="port of `tailor serve` (API and /metrics); 0 = free"
+    )
+    serve_checkpoint_refresh_s: float = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="how often `tailor serve` looks for a newer model checkpoint for "
+        "/v1/trending (every 2 s until it has one)",
+    )
+
     def part_on(self, part: RecommenderPart) -> bool:
         return part not in self.parts_off
 

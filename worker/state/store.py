@@ -50,6 +50,7 @@ from worker.state.user import (
 )
 
 __all__ = [
+    "REDIS_ERRORS",
     "RedisCheckpoints",
     "RedisClient",
     "StateStore",
@@ -116,6 +117,11 @@ _TRANSIENT: tuple[type[Exception], ...] = (
     TryAgainError,
     RedisClusterException,
 )
+
+
+#: Whatever a Redis client may raise (RedisClusterException is not a RedisError), for
+#: callers outside this module that read through it and must not die of an outage.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 
 class StateStore(Protocol):
