@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 
@@ -97,13 +99,20 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, log_config=None, access_log=args.access_log, server_header=False, lifespan="off"
     )
+    # uvicorn catches SIGTERM and SIGINT while it runs, then raises the signal again
+    # for the handlers it found: these, so that a clean stop exits 0 like `tailor run`.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _stopped)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         cache.stop()
         sock.close()
-    log.info("stopped")
     return 0
+
+
+def _stopped(signum: int, _frame: FrameType | None) -> None:
+    log.info("received %s: stopped serving", signal.Signals(signum).name)
 
 
 def _bind(host: str, port: int) -> socket.socket:
