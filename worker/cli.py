@@ -226,6 +226,16 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "mostly stay within a few favourite categories, mostly views and clicks.",
     )
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    # Its own parser (worker/bench/serve.py) reads what follows: importing it here would
+    # import the bench extra for every command.
+    serve = kinds.add_parser(
+        "serve",
+        help="tailor serve answering stored lists: latency p50/p99, Redis bytes per user "
+        "(`tailor bench serve --help`)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    serve.add_argument("given", nargs="*", help=argparse.SUPPRESS)
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument(
         "--items", type=positive_int, default=100_000, help="catalog items (default 100000)"
@@ -510,6 +520,10 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.bench == "serve":
+        from worker.bench.serve import serve_bench_command
+
+        return serve_bench_command(settings, args.given)
     from rich.console import Console
 
     from worker.bench import (
