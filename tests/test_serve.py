@@ -37,7 +37,7 @@ from worker.models.frames import FrameError
 from worker.recommend.core import Envelope, Recommender
 from worker.serve.app import ServeContext, create_app
 from worker.serve.trending import TrendingBoard, TrendingCache, TrendingItem, board_of
-from worker.state.store import UserStore, connect_redis
+from worker.state.store import ListReader, connect_redis, connect_redis_async
 from worker.sync.checkpoint import encode_checkpoint
 
 T0 = datetime(2026, 5, 4, 9, tzinfo=UTC)
@@ -163,12 +163,15 @@ def test_a_refused_checkpoint_falls_back_to_an_older_one_and_unchanged_is_not_re
 
 
 def _client(
-    settings: Settings, cache: TrendingCache | None = None
-) -> tuple[TestClient, ServeMetrics]:
-    store = UserStore(connect_redis(settings), settings)
-    metrics = ServeMetrics()
+    settings: Settings, cache: TrendingCache | None = None, metrics: ServeMetrics | None = None
+) -> TestClient:
+    """The app in-process; use it as a context manager, so that every request runs on one
+    event loop (the asyncio Redis client's connections belong to the loop they were
+    made on)."""
+    lists = ListReader(connect_redis_async(settings), settings)
     trending = cache or TrendingCache(settings, lambda: iter(()))
-    return TestClient(create_app(ServeContext(settings, store, trending, metrics))), metrics
+    context = ServeContext(settings, lists, trending, metrics or ServeMetrics())
+    return TestClient(create_app(context))
 
 
 def _unreachable() -> Settings:
@@ -187,8 +190,12 @@ def test_readiness_is_false_and_lists_answer_503_while_redis_is_unreachable(
     settings = _unreachable()
     cache = TrendingCache(settings, lambda: iter([encode_checkpoint(learned, 0)]))
     cache.refresh()
-    client, metrics = _client(settings, cache)
-    ready = client.get("/readyz")
+    metrics = ServeMetrics()
+    with _client(settings, cache, metrics) as client:
+        ready = client.get("/readyz")
+        answer = client.get("/v1/users/ann/recommendations")
+        alive = client.get("/healthz")
+        trending = client.get("/v1/trending")
     assert ready.status_code == 503
     assert ready.json() == {
         "ready": False,
@@ -197,16 +204,15 @@ def test_readiness_is_false_and_lists_answer_503_while_redis_is_unreachable(
         "why": "Redis does not answer",
     }
     assert metrics.registry.get_sample_value("tailor_serve_ready") == 0
-    answer = client.get("/v1/users/ann/recommendations")
     assert answer.status_code == 503
     assert "Redis unreachable" in answer.json()["detail"]
-    assert client.get("/healthz").status_code == 200  # alive all the same
-    assert client.get("/v1/trending").status_code == 200  # from memory
+    assert alive.status_code == 200  # alive all the same
+    assert trending.status_code == 200  # from memory
 
 
 def test_openapi_lists_every_route_with_the_recommendation_schema() -> None:
-    client, _ = _client(_unreachable())
-    schema = client.get("/openapi.json").json()
+    with _client(_unreachable()) as client:
+        schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {
         "/v1/users/{user_id}/recommendations",
         "/v1/trending",
@@ -226,11 +232,12 @@ def test_openapi_lists_every_route_with_the_recommendation_schema() -> None:
 
 
 def test_trending_before_any_checkpoint_answers_503_saying_why() -> None:
-    client, _ = _client(_unreachable())
-    answer = client.get("/v1/trending", params={"country": "NL"})
+    with _client(_unreachable()) as client:
+        answer = client.get("/v1/trending", params={"country": "NL"})
+        wrong_hour = client.get("/v1/trending", params={"hour": 24})
     assert answer.status_code == 503
     assert "no checkpoint loaded yet" in answer.json()["detail"]
-    assert client.get("/v1/trending", params={"hour": 24}).status_code == 422
+    assert wrong_hour.status_code == 422
 
 
 # -- end to end: a real worker, a real serve process ----------------------------------
@@ -319,10 +326,10 @@ def test_serve_answers_what_the_topic_published_until_a_forget(
             {"detail": "no recommendations stored for this user"},
         )
 
-        wait_until(lambda: _get(address, "/readyz")[0] == 200, timeout_s=30)
+        wait_until(lambda: _get(address, "/readyz")[0] == 200, timeout_s=60)
         asked = "/v1/trending?country=DE&device=ios&limit=4"
         # the first checkpoint may predate the events: wait for one that holds them
-        wait_until(lambda: bool(orjson.loads(_get(address, asked)[1])["items"]), timeout_s=30)
+        wait_until(lambda: bool(orjson.loads(_get(address, asked)[1])["items"]), timeout_s=60)
         status, body = _get(address, asked)
         assert status == 200
         answer = orjson.loads(body)

@@ -21,7 +21,14 @@ from worker.metrics import ServeMetrics
 from worker.redaction import redacted_url
 from worker.serve.app import ServeContext, create_app
 from worker.serve.trending import TrendingCache
-from worker.state.store import RedisCheckpoints, StoreUnavailable, UserStore, connect_redis
+from worker.state.store import (
+    ListReader,
+    RedisCheckpoints,
+    StoreUnavailable,
+    UserStore,
+    connect_redis,
+    connect_redis_async,
+)
 
 __all__ = ["add_serve_parser", "run_serve"]
 
@@ -78,7 +85,8 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
         on_result=lambda result: metrics.checkpoint_loads.labels(result).inc(),
     )
     metrics.checkpoint_age.set_function(cache.age_s)
-    app = create_app(ServeContext(settings, store, cache, metrics))
+    lists = ListReader(connect_redis_async(settings), settings)
+    app = create_app(ServeContext(settings, lists, cache, metrics))
     try:
         sock = _bind(host, port)
     except OSError as error:

@@ -27,6 +27,9 @@ from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
@@ -51,6 +54,8 @@ from worker.state.user import (
 
 __all__ = [
     "REDIS_ERRORS",
+    "AsyncRedisClient",
+    "ListReader",
     "RedisCheckpoints",
     "RedisClient",
     "StateStore",
@@ -59,6 +64,7 @@ __all__ = [
     "UserStore",
     "WriteOutcome",
     "connect_redis",
+    "connect_redis_async",
     "explain_redis_error",
     "redacted_url",
 ]
@@ -104,6 +110,8 @@ assert (TOPIC_ID_FIELD, OFFSET_FIELD_PREFIX) == ("i", "o:"), "the script names b
 
 #: What :func:`connect_redis` returns: one server's client, or the cluster client.
 RedisClient: TypeAlias = redis.Redis | RedisCluster
+#: What :func:`connect_redis_async` returns, for ``tailor serve``'s request handlers.
+AsyncRedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 #: Errors that mean "not now" rather than "no": a node away, a failover under way (the
 #: cluster client retries them itself first, and refreshes its slot map on MOVED).
@@ -154,6 +162,14 @@ class WriteOutcome:
     stale: int  # refused by the offset guard: another writer had already applied them
 
 
+def _user_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:{{u:{user_id}}}"
+
+
+def _list_key(prefix: str, user_id: str) -> str:
+    return f"{_user_key(prefix, user_id)}:list"
+
+
 def connect_redis(settings: Settings) -> RedisClient:
     """The one place a Redis client is built: redis-py's own retry with backoff, timeouts,
     health checks, client name, ACL user and TLS.
@@ -188,6 +204,34 @@ def connect_redis(settings: Settings) -> RedisClient:
         return RedisCluster.from_url(_node_url(settings.redis_url), retry=retry, **options)
     except (redis.RedisError, RedisClusterException) as error:
         raise StoreUnavailable(explain_redis_error(error, settings)) from error
+
+
+def connect_redis_async(settings: Settings) -> AsyncRedisClient:
+    """The asyncio twin of :func:`connect_redis` (same options, retry, TLS and ACL user),
+    for ``tailor serve``'s handlers: a GET awaited on the event loop costs no thread
+    hand-off. It connects on its first command."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_timeout_s,
+        "client_name": settings.client_id,
+    }
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password:
+        options["password"] = settings.redis_password.get_secret_value()
+    options.update(_tls_options(settings))
+    retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    if not settings.redis_is_cluster:
+        return redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=15,
+            **options,
+        )
+    return redis.asyncio.cluster.RedisCluster.from_url(
+        _node_url(settings.redis_url), retry=retry, **options
+    )
 
 
 def _node_url(url: str) -> str:
@@ -298,7 +342,7 @@ class UserStore:
         self._write_sha = client.register_script(_GUARDED_WRITE).sha
 
     def key(self, user_id: str) -> str:
-        return f"{self.prefix}:{{u:{user_id}}}"
+        return _user_key(self.prefix, user_id)
 
     def list_key(self, user_id: str) -> str:
         """The user's latest published list (a string key beside the hash, same hash tag).
@@ -307,7 +351,7 @@ class UserStore:
         batch and has no use for the list's scores and reasons, which would triple what
         that read carries.
         """
-        return f"{self.prefix}:{{u:{user_id}}}:list"
+        return _list_key(self.prefix, user_id)
 
     def check(self) -> None:
         """One PING at start-up; raises :class:`StoreUnavailable` saying what failed.
@@ -474,6 +518,35 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+class ListReader:
+    """Users' latest lists as ``tailor serve`` reads them: one awaited GET each."""
+
+    def __init__(self, client: AsyncRedisClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.prefix = settings.redis_key_prefix
+
+    async def latest(self, user_id: str) -> bytes | None:
+        """The list last published for the user, as the topic carried it; None when none
+        is stored. Raises :class:`StoreUnavailable` or :class:`StoreRefused`."""
+        try:
+            value = await self.client.get(_list_key(self.prefix, user_id))
+        except _TRANSIENT as error:
+            raise StoreUnavailable(f"Redis unreachable: {error}") from error
+        except redis.ResponseError as error:
+            raise StoreRefused(explain_redis_error(error, self.settings)) from error
+        return None if value is None else bytes(value)  # type: ignore[arg-type]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (redis.RedisError, RedisClusterException):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
 
 class RedisCheckpoints:
