@@ -172,7 +172,14 @@ def create_app(context: ServeContext) -> FastAPI:
     async def trending(
         country: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
         device: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        hour: Annotated[int | None, Query(ge=0, le=23, description="hour of day, UTC")] = None,
+        hour: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=23,
+                description="hour of day of the events' timestamps as sent (UTC for epoch ms)",
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=settings.trending_pool)] = settings.top_k,
     ) -> TrendingAnswer:
         board = _board(context.trending)
