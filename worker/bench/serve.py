@@ -148,9 +148,11 @@ def run_serve_bench(settings: Settings, options: ServeOptions) -> Json:
                 picks = rng.integers(0, len(users), options.warmup + options.requests)
                 warm, timed = picks[: options.warmup], picks[options.warmup :]
                 _hammer(address, [users[int(n)] for n in warm], options.clients)
+                before = _server_buckets(address)
                 started = time.perf_counter()
                 latencies = _hammer(address, [users[int(n)] for n in timed], options.clients)
                 elapsed = time.perf_counter() - started
+                after = _server_buckets(address)
                 missing = _hammer(address, ["bench-nobody"] * 1000, 1)
     finally:
         if not options.keep:
@@ -167,6 +169,8 @@ def run_serve_bench(settings: Settings, options: ServeOptions) -> Json:
         "stored_list_ms": {k: v * 1000 for k, v in percentiles(latencies).items()},
         "unknown_user_ms": {k: v * 1000 for k, v in percentiles(missing).items()},
         "requests_per_s": options.requests / elapsed,
+        "server_side": _shares(before, after),
+        "load_average": list(os.getloadavg()),
         "redis_bytes_per_user": memory,
     }
 
@@ -184,6 +188,13 @@ def render(result: Json) -> str:
             f"  max {p['max']:.2f} ms"
         )
     lines.append(f"  {result['requests_per_s']:.0f} requests/s")
+    shares = result["server_side"]
+    lines.append(
+        "  server side (tailor_serve_request_seconds): "
+        + ", ".join(f"{share:.2%} within {bound} ms" for bound, share in shares.items())
+    )
+    load = result["load_average"]
+    lines.append(f"  load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     memory = result["redis_bytes_per_user"]
     lines.append(
         f"  Redis MEMORY USAGE per user: list {memory['list']:.0f} B, state hash "
@@ -235,6 +246,37 @@ def _memory_usage(store: UserStore, users: list[str]) -> dict[str, float]:
     states = [float(store.client.memory_usage(store.key(user)) or 0) for user in users]
     list_mean, state_mean = float(np.mean(lists)), float(np.mean(states))
     return {"list": list_mean, "state": state_mean, "list_share": list_mean / state_mean}
+
+
+_ROUTE = "/v1/users/{user_id}/recommendations"
+
+
+def _server_buckets(address: str) -> dict[float, float]:
+    """The server's own latency histogram of the users route: upper bound -> count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("route") == _ROUTE:
+                buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def _shares(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Share of the timed requests the server answered within 1 and 5 ms."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    return {
+        f"{bound * 1000:g}": (after.get(bound, 0.0) - before.get(bound, 0.0)) / max(total, 1.0)
+        for bound in (0.001, 0.005)
+    }
 
 
 def _delete(store: UserStore, settings: Settings) -> None:

@@ -1,7 +1,8 @@
 """``tailor serve``: build the store, the trending cache and the app; run uvicorn.
 
-The socket is bound here, before uvicorn starts, so that port 0 (a free port, for tests
-and benchmarks) can be logged as the port really taken: ``serving on http://HOST:PORT``.
+The socket is bound and listening here, before uvicorn starts, so that port 0 (a free
+port, for tests and benchmarks) can be logged as the port really taken (``serving on
+http://HOST:PORT``) and a client that reads that line is never refused.
 SIGTERM and SIGINT are uvicorn's: it stops accepting, finishes the requests in flight
 and returns.
 """
@@ -128,5 +129,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # from here on connections wait in the backlog, not refused
     sock.set_inheritable(True)
     return sock
