@@ -373,3 +373,16 @@ def test_serve_stops_at_start_naming_redis_when_it_is_unreachable(tmp_path: Path
     )
     assert done.returncode == 1
     assert "cannot start: cannot reach Redis at redis://127.0.0.1:" in done.stderr
+
+
+def test_serve_help_names_every_option_and_its_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for needed in ("--host", "--port", "--access-log", "TAILOR_SERVE_HOST", "TAILOR_SERVE_PORT"):
+        assert needed in shown
+    for route in ("/v1/users/{user_id}/recommendations", "/v1/trending", "/readyz", "/metrics"):
+        assert route in shown
