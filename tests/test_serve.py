@@ -10,6 +10,7 @@ it publishes, and the board ranks a checkpoint's trending as the worker's models
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import re
@@ -29,6 +30,7 @@ from confluent_kafka import Message
 from fastapi.testclient import TestClient
 
 from tests.helpers import TopicReader, event, produce_events, tailor_process, wait_until
+from tests.servers import on_single_and_cluster
 from tests.test_loop import Cluster, turn
 from worker.config import Settings
 from worker.contract import Context, Event, EventType
@@ -37,7 +39,8 @@ from worker.models.frames import FrameError
 from worker.recommend.core import Envelope, Recommender
 from worker.serve.app import ServeContext, create_app
 from worker.serve.trending import TrendingBoard, TrendingCache, TrendingItem, board_of
-from worker.state.store import ListReader, connect_redis, connect_redis_async
+from worker.state.store import ListReader, UserStore, connect_redis, connect_redis_async
+from worker.state.user import UserState, UserWrite
 from worker.sync.checkpoint import encode_checkpoint
 
 T0 = datetime(2026, 5, 4, 9, tzinfo=UTC)
@@ -238,6 +241,28 @@ def test_trending_before_any_checkpoint_answers_503_saying_why() -> None:
     assert answer.status_code == 503
     assert "no checkpoint loaded yet" in answer.json()["detail"]
     assert wrong_hour.status_code == 422
+
+
+@pytest.mark.integration
+@on_single_and_cluster
+def test_the_list_reader_reads_what_the_store_wrote(redis_under_test: str) -> None:
+    """serve's asyncio client on one server and on a Redis Cluster (its own client class)."""
+    settings = Settings(
+        redis_url=redis_under_test, redis_key_prefix=f"s{uuid.uuid4().hex[:8]}", vector_dim=4
+    )
+    store = UserStore(connect_redis(settings), settings)
+    state = UserState(user_id="reader", vector=np.zeros(4, dtype=np.float32), offsets={0: 1})
+    assert store.write([UserWrite(state, listed=b'{"items":[]}')]).written == 1
+
+    async def read() -> tuple[bytes | None, bytes | None, bool]:
+        lists = ListReader(connect_redis_async(settings), settings)
+        try:
+            return await lists.latest("reader"), await lists.latest("nobody"), await lists.ping()
+        finally:
+            await lists.close()
+
+    assert asyncio.run(read()) == (b'{"items":[]}', None, True)
+    store.erase(["reader"])
 
 
 # -- end to end: a real worker, a real serve process ----------------------------------
