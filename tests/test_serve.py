@@ -188,7 +188,7 @@ def _unreachable() -> Settings:
 
 
 def test_readiness_is_false_and_lists_answer_503_while_redis_is_unreachable(
-    learned: Recommender,
+    learned: Recommender, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _unreachable()
     cache = TrendingCache(settings, lambda: iter([encode_checkpoint(learned, 0)]))
@@ -197,6 +197,7 @@ def test_readiness_is_false_and_lists_answer_503_while_redis_is_unreachable(
     with _client(settings, cache, metrics) as client:
         ready = client.get("/readyz")
         answer = client.get("/v1/users/ann/recommendations")
+        client.get("/v1/users/bob/recommendations")
         alive = client.get("/healthz")
         trending = client.get("/v1/trending")
     assert ready.status_code == 503
@@ -209,6 +210,9 @@ def test_readiness_is_false_and_lists_answer_503_while_redis_is_unreachable(
     assert metrics.registry.get_sample_value("tailor_serve_ready") == 0
     assert answer.status_code == 503
     assert "Redis unreachable" in answer.json()["detail"]
+    said = [r.getMessage() for r in caplog.records if r.name == "tailor.serve"]
+    assert len(said) == 1  # one line for the outage, not one per request
+    assert said[0].startswith("lists unavailable, answering 503: Redis unreachable")
     assert alive.status_code == 200  # alive all the same
     assert trending.status_code == 200  # from memory
 

@@ -19,6 +19,8 @@ No ``from __future__ import annotations`` here: FastAPI reads the routes' annota
 which name limits taken from the settings inside :func:`create_app`, at run time.
 """
 
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: so that the label stays bounded.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _JSON = "application/json"
+log = logging.getLogger("tailor.serve")
 _NONE_STORED = b'{"detail":"no recommendations stored for this user"}'
 
 
@@ -130,6 +133,7 @@ def create_app(context: ServeContext) -> FastAPI:
         "the recommendations topic.",
     )
     app.add_middleware(_RequestMetrics, metrics=metrics)
+    warn_redis = _Throttled(log, "lists unavailable, answering 503: %s")
     unavailable: dict[int | str, dict[str, Any]] = {
         503: {"model": Problem, "description": "Redis is unreachable"}
     }
@@ -153,6 +157,7 @@ def create_app(context: ServeContext) -> FastAPI:
         try:
             body = await lists.latest(user_id)
         except (StoreUnavailable, StoreRefused) as error:
+            warn_redis(error)
             raise HTTPException(503, str(error)) from None
         if body is None:
             return Response(_NONE_STORED, status_code=404, media_type=_JSON)
@@ -246,6 +251,25 @@ def create_app(context: ServeContext) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _Throttled:
+    """A warning logged at most once per ``every_s``, with how many were held back: an
+    outage must show in the log without a line per request."""
+
+    def __init__(self, logger: logging.Logger, message: str, every_s: float = 10.0) -> None:
+        self.logger, self.message, self.every_s = logger, message, every_s
+        self.last = -math.inf
+        self.held = 0
+
+    def __call__(self, error: Exception) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            self.held += 1
+            return
+        suffix = f" (and {self.held} more since the last such line)" if self.held else ""
+        self.logger.warning(self.message + suffix, error)
+        self.last, self.held = now, 0
 
 
 def _board(cache: TrendingCache) -> TrendingBoard:
