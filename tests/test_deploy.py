@@ -511,3 +511,39 @@ def test_the_lint_finds_what_it_looks_for() -> None:
     ):
         assert expected in problems, problems
     assert "runs as root" in "\n".join(lint("FROM python:3.11-slim\nUSER 0\n"))
+
+
+def test_the_serve_deployment_runs_serve_on_its_port_behind_its_service() -> None:
+    """Same image and settings as the workers; probes and the Service on serve's port;
+    no service links, which would set TAILOR_SERVE_PORT to a tcp:// URL."""
+    settings = deployed_settings()
+    serve = _manifest("serve-deployment.yaml")
+    pod = serve["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+    (container,) = pod["containers"]
+    (worker,) = _manifest("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["serve"]
+    assert container["image"] == worker["image"]
+    assert container["envFrom"] == worker["envFrom"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": settings.serve_port
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    labels = serve["spec"]["template"]["metadata"]["labels"]
+    service = _manifest("serve-service.yaml")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    worker_labels = _manifest("deployment.yaml")["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= worker_labels.items()
+
+
+def test_compose_serves_with_the_workers_image_and_settings() -> None:
+    services = compose()["services"]
+    serve, worker = services["serve"], services["worker"]
+    assert serve["command"] == ["serve"]
+    assert serve["image"] == worker["image"]
+    assert serve["environment"] == worker["environment"]
+    port = _settings_from(serve["environment"]).serve_port
+    assert f"{port}:{port}" in serve["ports"]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(serve["healthcheck"]["test"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.config import Settings
-from worker.metrics import Metrics
+from worker.metrics import Metrics, ServeMetrics
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -19,8 +19,14 @@ def test_readme_lists_every_setting() -> None:
     assert missing == []
 
 
+def _metric_names() -> set[str]:
+    """The worker's series and ``tailor serve``'s."""
+    registries = (Metrics().registry, ServeMetrics().registry)
+    return {metric.name for registry in registries for metric in registry.collect()}
+
+
 def test_readme_lists_every_metric() -> None:
-    names = {metric.name for metric in Metrics().registry.collect()}
+    names = _metric_names()
     missing = [name for name in sorted(names) if f"`{name}" not in README]
     assert missing == []
 
@@ -43,7 +49,7 @@ OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
 
 
 def test_the_runbook_says_what_to_do_about_every_metric() -> None:
-    names = {metric.name for metric in Metrics().registry.collect()}
+    names = _metric_names()
     missing = [name for name in sorted(names) if f"`{name}" not in OPERATIONS]
     assert missing == []
 

@@ -88,6 +88,8 @@ def test_runtime_commands_work_without_any_extra(command: list[str]) -> None:
         (["bench", "core", "--events", "10"], "bench"),
         (["evaluate", "log.csv", "--user", "u"], "evaluate"),
         (["evaluate", "--help"], "evaluate"),
+        (["serve", "--port", "0"], "serve"),
+        (["serve", "--help"], "serve"),
     ],
 )
 def test_a_command_without_its_extra_names_the_extra(command: list[str], extra: str) -> None:

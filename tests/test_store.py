@@ -189,6 +189,54 @@ def test_a_write_without_a_topic_id_keeps_the_stored_one(either: StateStore) -> 
     assert (state.topic_id, state.offsets) == ("topic-1", {0: 11})
 
 
+@on_single_and_cluster
+def test_the_latest_list_is_stored_with_the_state_and_its_ttl(store: UserStore) -> None:
+    """Written by the same guarded script as the state: one round trip, one TTL."""
+    assert store.latest_list("l") is None
+    store.write([UserWrite(_state("l", 1), listed=b'{"items":[1]}')])
+    assert store.latest_list("l") == b'{"items":[1]}'
+    assert 3500 < store.client.ttl(store.list_key("l")) <= 3600
+    store.client.expire(store.list_key("l"), 10)
+    assert store.write([UserWrite(_state("l", 2, events=2), listed=b'{"items":[2]}')]).written == 1
+    assert store.latest_list("l") == b'{"items":[2]}'
+    assert 3500 < store.client.ttl(store.list_key("l")) <= 3600
+
+
+@on_single_and_cluster
+def test_a_refused_write_stores_no_list_and_a_write_without_one_keeps_it(
+    store: UserStore,
+) -> None:
+    store.write([UserWrite(_state("g", 10), listed=b"kept")])
+    assert store.write([UserWrite(_state("g", 9), listed=b"replayed")]).stale == 1
+    assert store.latest_list("g") == b"kept"
+    assert store.write([UserWrite(_state("g", 11, events=2))]).written == 1  # storing off
+    assert store.latest_list("g") == b"kept"
+
+
+@on_single_and_cluster
+def test_a_forget_write_drops_the_list_and_erase_removes_it(store: UserStore) -> None:
+    store.write([UserWrite(_state("f", 10), listed=b"before")])
+    assert store.write([UserWrite(_state("f", 12), erase_first=True)]).written == 1
+    assert store.latest_list("f") is None  # nothing of before the forget survives
+    store.write([UserWrite(_state("f", 13, events=2), listed=b"after")])
+    assert sorted(store.keys_of("f")) == [store.key("f").encode(), store.list_key("f").encode()]
+    assert store.erase(["f"]) == 2
+    assert store.keys_of("f") == []
+    assert store.latest_list("f") is None
+
+
+def test_the_memory_store_keeps_lists_as_redis_does() -> None:
+    memory = MemoryStates()
+    memory.write([UserWrite(_state("m", 10), listed=b"first")])
+    assert memory.write([UserWrite(_state("m", 9), listed=b"replayed")]).stale == 1
+    assert memory.lists == {"m": b"first"}
+    memory.write([UserWrite(_state("m", 12), erase_first=True)])
+    assert memory.lists == {}
+    memory.write([UserWrite(_state("m", 13), listed=b"after")])
+    assert memory.erase(["m"]) == 2
+    assert memory.lists == {}
+
+
 def _masters_of(store: UserStore, users: list[str]) -> set[str]:
     """The cluster nodes that hold these users' keys."""
     assert isinstance(store.client, RedisCluster)
@@ -275,9 +323,10 @@ def test_an_acl_user_with_the_documented_rules_can_do_all_tailor_does(
         for node in nodes:
             assert node is not None
             node.script_flush()  # the next write loads the script again
-        assert store.write([UserWrite(_state("acl", 2, events=2))]).written == 1
-        assert store.keys_of("acl") == [store.key("acl").encode()]
-        assert store.erase(["acl"]) == 1
+        assert store.write([UserWrite(_state("acl", 2, events=2), listed=b"{}")]).written == 1
+        assert store.latest_list("acl") == b"{}"  # what `tailor serve` reads
+        assert len(store.keys_of("acl")) == 2
+        assert store.erase(["acl"]) == 2
         checkpoints = RedisCheckpoints(store.client, settings, "acl")
         checkpoints.save(b"checkpoint")
         assert list(checkpoints.newest_first()) == [b"checkpoint"]

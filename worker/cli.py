@@ -41,8 +41,9 @@ Settings come from TAILOR_* environment variables (for example TAILOR_BOOTSTRAP_
 TAILOR_REDIS_URL, TAILOR_TOP_K) and an optional --config file (.toml or .yaml with the same
 names in lower case); see `tailor config` for every setting and its current value.
 
-`tailor run` needs the package alone; demo, bench and evaluate need an extra each
-(pip install 'tailor-worker[demo]', [bench], [evaluate]) and say so when it is missing.
+`tailor run` needs the package alone; demo, bench, evaluate and serve need an extra each
+(pip install 'tailor-worker[demo]', [bench], [evaluate], [serve]) and say so when it is
+missing.
 """
 
 
@@ -139,9 +140,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the defaults as the Markdown table the README carries",
     )
+    _serve_parser(commands)
     _bench_parser(commands)
     _evaluate_parser(commands)
     return parser
+
+
+def _serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """As for ``evaluate``: the real parser needs the extra, the stand-in names it."""
+    if missing_extra("serve") is None:
+        from worker.serve.command import add_serve_parser
+
+        add_serve_parser(commands)
+        return
+    stand_in = commands.add_parser(
+        "serve",
+        help=f"answer HTTP requests for users' latest lists and trending items (needs the "
+        f"{EXTRAS['serve'].name} extra)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    stand_in.add_argument("given", nargs="*", help=argparse.SUPPRESS)
 
 
 def _topics_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -249,6 +268,16 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     _side_arguments(bench, with_systems=True)
     kinds = bench.add_subparsers(dest="bench", required=False, metavar="PART")
+    # Its own parser (worker/bench/serve.py) reads what follows: importing it here would
+    # import the bench extra for every command.
+    serve = kinds.add_parser(
+        "serve",
+        help="tailor serve answering stored lists: latency p50/p99, Redis bytes per user "
+        "(`tailor bench serve --help`)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    serve.add_argument("given", nargs="*", help=argparse.SUPPRESS)
     shared = argparse.ArgumentParser(add_help=False, parents=[common])
     shared.add_argument(
         "--items", type=positive_int, default=100_000, help="catalog items (default 100000)"
@@ -654,6 +683,10 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    if args.bench == "serve":
+        from worker.bench.serve import serve_bench_command
+
+        return serve_bench_command(settings, args.given)
     from rich.console import Console
 
     from worker.bench import (
@@ -760,6 +793,12 @@ def _bench_side_by_side(
     return 0
 
 
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.serve.command import run_serve
+
+    return run_serve(settings, args)
+
+
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from worker.evaluate.command import evaluate
 
@@ -785,6 +824,7 @@ _COMMANDS = {
     "config": _config,
     "bench": _bench,
     "evaluate": _evaluate,
+    "serve": _serve,
 }
 
 

@@ -242,6 +242,12 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(2.0, gt=0, le=60, description="socket and connect timeout")
     redis_chunk_size: int = Field(1000, ge=1, le=100_000, description="commands per pipeline")
     user_ttl_s: int = Field(90 * 24 * 3600, ge=60, description="idle user state expires after")
+    store_lists: bool = Field(
+        True,
+        description="keep each user's latest published list in Redis, beside their state and "
+        "with its TTL, for `tailor serve` (about 2.7 KB a user at K=20, the state itself about "
+        "1.4 KB; off: serve has no lists)",
+    )
 
     # Recommender
     top_k: int = Field(20, ge=1, le=500, description="items per published list")
@@ -411,6 +417,19 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="address of /metrics, /healthz, /readyz")
     metrics_port: int = Field(9400, ge=0, le=65535, description="0 picks a free port")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    # Read path: `tailor serve` (README, "Read path: tailor serve")
+    serve_host: str = Field("0.0.0.0", description="address `tailor serve` listens on")
+    serve_port: int = Field(
+        8080, ge=0, le=65535, description="port of `tailor serve` (API and /metrics); 0 = free"
+    )
+    serve_checkpoint_refresh_s: float = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="how often `tailor serve` looks for a newer model checkpoint for "
+        "/v1/trending (every 2 s until it has one)",
+    )
 
     def part_on(self, part: RecommenderPart) -> bool:
         return part not in self.parts_off

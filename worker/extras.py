@@ -31,6 +31,7 @@ EXTRAS: dict[str, Extra] = {
     "demo": Extra("demo", ("rich", "fakeredis")),
     "bench": Extra("bench", ("rich",)),
     "evaluate": Extra("evaluate", ("rich", "implicit", "matplotlib")),
+    "serve": Extra("serve", ("fastapi", "uvicorn")),
 }
 
 

@@ -35,6 +35,7 @@ from worker.state.store import (
     UserStore,
     connect_redis,
 )
+from worker.state.user import UserWrite
 from worker.sync.model_sync import CheckpointStore, ModelLog, ModelSync, new_origin
 from worker.transport.delivery import (
     DeliveryFailed,
@@ -372,11 +373,17 @@ class Worker:
         if self.sync is not None:
             self.sync.publish(result.delta)
             self._await_kafka(self._delta_acknowledged, "the model delta is not acknowledged")
-        outcome = self._with_redis(lambda: self.store.write(result.writes))
+        bodies = {published.user_id: published.to_json() for published in result.published}
+        writes = result.writes
+        if self.settings.store_lists:  # the list goes in the user's own write: one round trip
+            writes = [
+                UserWrite(w.state, w.erase_first, bodies.get(w.state.user_id, b"")) for w in writes
+            ]
+        outcome = self._with_redis(lambda: self.store.write(writes))
         if result.erased:
             self._with_redis(lambda: self.store.erase(result.erased))
         batch = self.tracker.open(next_offsets)
-        self._publish(batch, result, sent_at)
+        self._publish(batch, result, bodies, sent_at)
         for letter, message in letters:
             self._dead_letter(batch, letter, message)
         self.tracker.seal(batch)
@@ -417,7 +424,13 @@ class Worker:
         duplicate = self._recent_ids.check(decoded.event.event_id, where)
         return decoded if duplicate is None else Decoded(dead_letter=duplicate)
 
-    def _publish(self, batch: PendingBatch, result: BatchResult, sent_at: dict[str, float]) -> None:
+    def _publish(
+        self,
+        batch: PendingBatch,
+        result: BatchResult,
+        bodies: dict[str, bytes],
+        sent_at: dict[str, float],
+    ) -> None:
         topic = self.settings.recommendations_topic
         erased = set(result.erased) | {w.state.user_id for w in result.writes if w.erase_first}
         for user_id in erased:  # a tombstone tells readers to drop what they kept
@@ -428,7 +441,7 @@ class Worker:
                 batch,
                 topic,
                 published.user_id.encode(),
-                published.to_json(),
+                bodies[published.user_id],
                 sent_at.get(published.user_id),
                 counts_as_publish=True,
             )

@@ -28,7 +28,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from worker.quality.exposure import ExposureFigures
 from worker.quality.live import KS, LiveCounts
 
-__all__ = ["Health", "Metrics", "MetricsServer"]
+__all__ = ["Health", "Metrics", "MetricsServer", "ServeMetrics"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -267,6 +267,49 @@ class Metrics:
     def clear_lag(self) -> None:
         """Forget partition series on rebalance so revoked partitions do not linger."""
         self.consumer_lag.clear()
+
+
+class ServeMetrics:
+    """The series of ``tailor serve`` (its own process and registry, on its own port).
+
+    Requests are labelled by route template (``/v1/users/{user_id}/recommendations``),
+    never by the path that holds the user id; unknown paths share the label ``unmatched``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # as in Metrics
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tailor_serve_requests",
+            "HTTP requests answered by tailor serve, by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "tailor_serve_request_seconds",
+            "From a request's arrival to its response's last byte, by route template",
+            ["route"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge(
+            "tailor_serve_ready",
+            "1 when Redis answered the last readiness check and a checkpoint is loaded",
+            registry=r,
+        )
+        self.checkpoint_loads = Counter(
+            "tailor_serve_checkpoint_loads",
+            "Looks for a newer model checkpoint: loaded, unchanged, missing (none in Redis), "
+            "refused (corrupt or of another format), failed (Redis away)",
+            ["result"],
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "tailor_serve_checkpoint_age_seconds",
+            "Seconds since the trending answers last changed (a newer checkpoint loaded)",
+            registry=r,
+        )
 
 
 class Health:

@@ -40,6 +40,7 @@ class MemoryStates:
 
     def __init__(self) -> None:
         self.states: dict[str, UserState] = {}
+        self.lists: dict[str, bytes] = {}  # the latest published list, as Redis keeps it
 
     def read(self, user_ids: Sequence[str]) -> dict[str, UserState | None]:
         """Copies, as Redis hands out: the caller's changes count only once written."""
@@ -71,10 +72,15 @@ class MemoryStates:
             if held is not None and not write.erase_first and not kept.topic_id:
                 kept.topic_id = held.topic_id  # the script leaves the stored id as it is
             self.states[state.user_id] = kept
+            if write.erase_first:
+                self.lists.pop(state.user_id, None)
+            if write.listed:
+                self.lists[state.user_id] = write.listed
         return WriteOutcome(written=len(writes) - stale, stale=stale)
 
     def erase(self, user_ids: Sequence[str]) -> int:
-        return sum(self.states.pop(user_id, None) is not None for user_id in user_ids)
+        lists = sum(self.lists.pop(user_id, None) is not None for user_id in user_ids)
+        return lists + sum(self.states.pop(user_id, None) is not None for user_id in user_ids)
 
 
 class MemoryModelLog:

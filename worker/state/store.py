@@ -1,13 +1,14 @@
 """The one place that talks to Redis.
 
-Layout: one hash per user, ``<prefix>:{u:<user_id>}``; the ``{u:...}`` hash tag keeps any
-future per-user keys in the same Redis Cluster slot, so one script updates them
-atomically. Every key gets the idle TTL on each write.
+Layout: one hash per user, ``<prefix>:{u:<user_id>}``, and beside it the list last
+published for the user, ``<prefix>:{u:<user_id>}:list`` (what ``tailor serve`` answers
+from); the ``{u:...}`` hash tag keeps a user's keys in the same Redis Cluster slot, so one
+script updates them atomically. Every key gets the idle TTL on each write.
 
 The same code runs on one Redis server and on a Redis Cluster (:func:`connect_redis` picks
 the client): every command names one key or one hash tag, pipelines are not transactions
-(redis-py's cluster pipeline splits them by node), the Lua script touches only ``KEYS[1]``,
-and SCAN goes to every master.
+(redis-py's cluster pipeline splits them by node), the Lua script touches only its
+``KEYS`` (one user's two keys, one slot), and SCAN goes to every master.
 
 Reads and writes are chunked pipelines: one round trip per micro-batch (per chunk of
 ``redis_chunk_size`` commands), never one per event. Writes go through a Lua script that
@@ -26,6 +27,9 @@ from typing import Any, Protocol, TypeAlias
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
@@ -49,6 +53,9 @@ from worker.state.user import (
 )
 
 __all__ = [
+    "REDIS_ERRORS",
+    "AsyncRedisClient",
+    "ListReader",
     "RedisCheckpoints",
     "RedisClient",
     "StateStore",
@@ -57,20 +64,23 @@ __all__ = [
     "UserStore",
     "WriteOutcome",
     "connect_redis",
+    "connect_redis_async",
     "explain_redis_error",
     "redacted_url",
 ]
 
-# KEYS[1] = the user's hash
+# KEYS[1] = the user's hash; KEYS[2] = the user's latest published list (same hash tag)
 # ARGV[1] = idle TTL (s); ARGV[2] = "1" to erase the user first (a forget in this batch)
 # ARGV[3] = the events topic id the offsets belong to ("" when unknown)
-# ARGV[4] = n, then n pairs (offset field, offset), then (field, value) pairs of the state
+# ARGV[4] = the list to store ("" = none: the stored one, if any, stays until its TTL)
+# ARGV[5] = n, then n pairs (offset field, offset), then (field, value) pairs of the state
 # Offsets (fields o:*) stored under another topic id (field i) are void: they are deleted
-# instead of guarding, since a recreated topic numbers its messages from 0 again.
+# instead of guarding, since a recreated topic numbers its messages from 0 again. A write
+# the guard refuses stores no list either: the list and the state stay of one batch.
 _GUARDED_WRITE = """
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2])
 else
   local topic = redis.call('HGET', KEYS[1], 'i')
   if topic and ARGV[3] ~= '' and topic ~= ARGV[3] then
@@ -81,15 +91,18 @@ else
     end
   else
     for i = 0, n - 1 do
-      local applied = redis.call('HGET', KEYS[1], ARGV[5 + 2 * i])
-      if applied and tonumber(applied) >= tonumber(ARGV[6 + 2 * i]) then
+      local applied = redis.call('HGET', KEYS[1], ARGV[6 + 2 * i])
+      if applied and tonumber(applied) >= tonumber(ARGV[7 + 2 * i]) then
         return 0
       end
     end
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', tonumber(ARGV[1]))
+end
 return 1
 """
 assert (TOPIC_ID_FIELD, OFFSET_FIELD_PREFIX) == ("i", "o:"), "the script names both fields"
@@ -97,6 +110,8 @@ assert (TOPIC_ID_FIELD, OFFSET_FIELD_PREFIX) == ("i", "o:"), "the script names b
 
 #: What :func:`connect_redis` returns: one server's client, or the cluster client.
 RedisClient: TypeAlias = redis.Redis | RedisCluster
+#: What :func:`connect_redis_async` returns, for ``tailor serve``'s request handlers.
+AsyncRedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 #: Errors that mean "not now" rather than "no": a node away, a failover under way (the
 #: cluster client retries them itself first, and refreshes its slot map on MOVED).
@@ -110,6 +125,11 @@ _TRANSIENT: tuple[type[Exception], ...] = (
     TryAgainError,
     RedisClusterException,
 )
+
+
+#: Whatever a Redis client may raise (RedisClusterException is not a RedisError), for
+#: callers outside this module that read through it and must not die of an outage.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 
 class StateStore(Protocol):
@@ -140,6 +160,14 @@ class StoreRefused(RuntimeError):
 class WriteOutcome:
     written: int
     stale: int  # refused by the offset guard: another writer had already applied them
+
+
+def _user_key(prefix: str, user_id: str) -> str:
+    return f"{prefix}:{{u:{user_id}}}"
+
+
+def _list_key(prefix: str, user_id: str) -> str:
+    return f"{_user_key(prefix, user_id)}:list"
 
 
 def connect_redis(settings: Settings) -> RedisClient:
@@ -176,6 +204,34 @@ def connect_redis(settings: Settings) -> RedisClient:
         return RedisCluster.from_url(_node_url(settings.redis_url), retry=retry, **options)
     except (redis.RedisError, RedisClusterException) as error:
         raise StoreUnavailable(explain_redis_error(error, settings)) from error
+
+
+def connect_redis_async(settings: Settings) -> AsyncRedisClient:
+    """The asyncio twin of :func:`connect_redis` (same options, retry, TLS and ACL user),
+    for ``tailor serve``'s handlers: a GET awaited on the event loop costs no thread
+    hand-off. It connects on its first command."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_timeout_s,
+        "client_name": settings.client_id,
+    }
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password:
+        options["password"] = settings.redis_password.get_secret_value()
+    options.update(_tls_options(settings))
+    retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    if not settings.redis_is_cluster:
+        return redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=15,
+            **options,
+        )
+    return redis.asyncio.cluster.RedisCluster.from_url(
+        _node_url(settings.redis_url), retry=retry, **options
+    )
 
 
 def _node_url(url: str) -> str:
@@ -286,7 +342,16 @@ class UserStore:
         self._write_sha = client.register_script(_GUARDED_WRITE).sha
 
     def key(self, user_id: str) -> str:
-        return f"{self.prefix}:{{u:{user_id}}}"
+        return _user_key(self.prefix, user_id)
+
+    def list_key(self, user_id: str) -> str:
+        """The user's latest published list (a string key beside the hash, same hash tag).
+
+        Not a field of the hash: the worker reads every user's hash whole (HGETALL) each
+        batch and has no use for the list's scores and reasons, which would triple what
+        that read carries.
+        """
+        return _list_key(self.prefix, user_id)
 
     def check(self) -> None:
         """One PING at start-up; raises :class:`StoreUnavailable` saying what failed.
@@ -352,9 +417,9 @@ class UserStore:
         an extra round trip per batch.
 
         Sent as a raw command: redis-py's cluster pipeline blocks its ``evalsha`` method
-        (redis/redis-py#2914, lifted after 8.1) though it routes a raw EVALSHA by its one
-        key like any keyed command; a node that lacks the script answers NOSCRIPT, which
-        :meth:`write` mends."""
+        (redis/redis-py#2914, lifted after 8.1) though it routes a raw EVALSHA by its keys
+        (one user's two, one slot) like any keyed command; a node that lacks the script
+        answers NOSCRIPT, which :meth:`write` mends."""
         pipe = self.client.pipeline(transaction=False)
         for write in writes:
             state = write.state
@@ -368,22 +433,45 @@ class UserStore:
                 self.ttl_s,
                 int(write.erase_first),
                 state.topic_id,
+                write.listed,
                 len(state.offsets),
                 *offsets,
                 *fields,
             ]
-            pipe.execute_command("EVALSHA", self._write_sha, 1, self.key(state.user_id), *args)
+            user = state.user_id
+            pipe.execute_command(
+                "EVALSHA", self._write_sha, 2, self.key(user), self.list_key(user), *args
+            )
         return pipe
 
     def erase(self, user_ids: Iterable[str]) -> int:
-        """Delete every key of these users (a privacy request); returns keys removed."""
-        keys = [self.key(user_id) for user_id in user_ids]
+        """Delete every key of these users (a privacy request); returns keys removed.
+
+        The stored list goes too whatever ``TAILOR_STORE_LISTS`` says now: it may have
+        been written while it was on. One DEL per key, as every command here names one.
+        """
+        keys = [key for user_id in user_ids for key in (self.key(user_id), self.list_key(user_id))]
         if not keys:
             return 0
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.delete(key)
         return sum(int(n) for n in self._execute(pipe))
+
+    def latest_list(self, user_id: str) -> bytes | None:
+        """The list last published for the user, as the recommendations topic carried it;
+        None when none is stored (an unknown, erased or idle-expired user, or storing off).
+
+        One GET, for ``tailor serve``; errors raise :class:`StoreUnavailable` or
+        :class:`StoreRefused` as for the worker.
+        """
+        try:
+            value = self.client.get(self.list_key(user_id))
+        except _TRANSIENT as error:
+            raise StoreUnavailable(f"Redis unreachable: {error}") from error
+        except redis.ResponseError as error:
+            raise StoreRefused(explain_redis_error(error, self.settings)) from error
+        return None if value is None else bytes(value)  # type: ignore[arg-type]
 
     def keys_of(self, user_id: str) -> list[bytes]:
         """Every key that mentions the user's hash tag (SCAN, for verifying an erasure)."""
@@ -430,6 +518,35 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+class ListReader:
+    """Users' latest lists as ``tailor serve`` reads them: one awaited GET each."""
+
+    def __init__(self, client: AsyncRedisClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.prefix = settings.redis_key_prefix
+
+    async def latest(self, user_id: str) -> bytes | None:
+        """The list last published for the user, as the topic carried it; None when none
+        is stored. Raises :class:`StoreUnavailable` or :class:`StoreRefused`."""
+        try:
+            value = await self.client.get(_list_key(self.prefix, user_id))
+        except _TRANSIENT as error:
+            raise StoreUnavailable(f"Redis unreachable: {error}") from error
+        except redis.ResponseError as error:
+            raise StoreRefused(explain_redis_error(error, self.settings)) from error
+        return None if value is None else bytes(value)  # type: ignore[arg-type]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (redis.RedisError, RedisClusterException):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
 
 class RedisCheckpoints:

@@ -124,10 +124,17 @@ class UserState:
 
 @dataclass(frozen=True, slots=True)
 class UserWrite:
-    """A user's new state to store; ``erase_first`` when a forget request preceded it."""
+    """A user's new state to store; ``erase_first`` when a forget request preceded it.
+
+    ``listed`` is the list just published for the user, as the recommendations topic
+    carries it (``Published.to_json``), stored beside the state in the same atomic write
+    for ``tailor serve`` to answer from; empty: nothing stored (``TAILOR_STORE_LISTS``
+    off, or a store that keeps no lists).
+    """
 
     state: UserState
     erase_first: bool = False
+    listed: bytes = b""
 
 
 def encode_user(state: UserState) -> dict[str, bytes]:

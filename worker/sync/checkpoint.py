@@ -26,6 +26,7 @@ from worker.config import Settings
 from worker.models.decay import DecayClock
 from worker.models.frames import FrameError, pack, unpack
 from worker.models.ranker import FEATURES
+from worker.models.trending import Trending
 
 if TYPE_CHECKING:
     from worker.recommend.core import Recommender
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointRefused",
     "decode_checkpoint",
     "encode_checkpoint",
+    "install_segments",
     "pack_checkpoint",
     "snapshot",
 ]
@@ -91,7 +93,7 @@ class Checkpoint:
         for n, timescale in enumerate(trending.timescales):
             _set_clock(timescale.clock, meta["timescale_clocks"][n])
             timescale.scores = arrays[f"timescale_{n}"].astype(np.float64)
-        _install_segments(rec, meta["segments"], arrays)
+        install_segments(trending, meta["segments"], arrays)
         trending.refresh()
         _set_clock(rec.covis.clock, meta["covis_clock"])
         rec.covis.neighbour = arrays["covis_neighbour"].astype(np.int32)
@@ -240,12 +242,13 @@ def _segments(rec: Recommender) -> tuple[list[list[Any]], Arrays]:
     }
 
 
-def _install_segments(rec: Recommender, keys: list[list[Any]], arrays: Arrays) -> None:
+def install_segments(trending: Trending, keys: list[list[Any]], arrays: Arrays) -> None:
+    """Put a checkpoint's segment counters into ``trending`` (a worker's, or the one
+    ``tailor serve`` answers ``/v1/trending`` from)."""
     rows = arrays["segment_rows"].tolist()
     frequencies = arrays["segment_frequency"].tolist()
     deltas = arrays["segment_delta"].tolist()
     at = 0
-    trending = rec.trending
     trending.segments = {}
     for key, n, delta, count in keys:
         counter = trending._new_segment()
