@@ -1,0 +1,1 @@
+"""``tailor report``: live quality, experiment, bias and trending, summarised for people."""
