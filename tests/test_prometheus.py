@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import event, produce, produce_events, tailor_process, wait_until
+from tests.helpers import TopicReader, event, produce, produce_events, tailor_process, wait_until
 from tests.monitoring import RULES, recording_rules
 from worker.config import Settings
 
@@ -215,3 +217,130 @@ def test_prometheus_scrapes_the_worker_and_evaluates_every_rule(
             # (the others depend on this machine's load, e.g. the 50 ms latency one).
             active = {r["name"] for r in rules if r["type"] == "alerting" and r["alerts"]}
             assert not active & {"TailorDown", "TailorNotReady"}, active
+
+
+SAMPLE = Path(__file__).parents[1] / "worker" / "sample"
+EXPERIMENT = {
+    "short": {"share": 0.5, "settings": {"top_k": 10}},
+    "wide": {"share": 1.0, "shadow": True, "settings": {"max_per_category": 2}},
+}
+
+
+def test_an_experiment_live_matches_tailor_evaluate_variants_and_tailor_report_reads_it(
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two variants and a shadow in a real worker: Prometheus holds, per variant, the
+    scored events and hits at 20 that ``tailor evaluate --variants`` counts on the same
+    events (batches of one event on one partition, as the harness replays them), and
+    ``tailor report`` reads them back into its experiment lines, table and plot."""
+    from worker.cli import main
+    from worker.evaluate.logs import load_log
+    from worker.transport.kafka import create_topics
+
+    count = 300
+    log = load_log(SAMPLE / "events.jsonl.gz", catalog_path=SAMPLE / "catalog.jsonl.gz")
+    events = log.events[:count]
+    base = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        redis_url=redis_url,
+        batch_size=1,
+        variants=EXPERIMENT,
+    )
+    settings = base.in_namespace(uuid.uuid4().hex[:10], metrics_port=0, batch_wait_ms=0)
+    create_topics(settings, partitions=1)
+    items: list[tuple[bytes | None, bytes | None]] = [
+        (i.encode(), item.model_dump_json().encode()) for i, item in log.catalog.items()
+    ]
+    produce(settings, settings.catalog_topic, items)
+    reader = TopicReader(settings, settings.recommendations_topic)
+    try:
+        with tailor_process(settings, tmp_path / "worker.log") as worker:
+            config = {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {
+                        "job_name": "tailor",
+                        "static_configs": [{"targets": [worker.metrics_url.split("/")[2]]}],
+                    }
+                ],
+            }
+            with running_prometheus(config, tmp_path / "prometheus") as prometheus:
+                eventually(lambda: prometheus.query('up{job="tailor"} == 1'), "a scrape")
+                # Two halves, so that every live series is scraped before it grows:
+                # increase() over the window, as the report reads it, sees the second.
+                for end in (count // 2, count):
+                    start = end - count // 2
+                    produce(
+                        settings,
+                        settings.events_topic,
+                        [
+                            (e.user_id.encode(), e.model_dump_json().encode())
+                            for e in events[start:end]
+                        ],
+                    )
+                    done = f"tailor_events_processed_total >= {end}"
+                    eventually(partial(prometheus.query, done), f"{end} events in Prometheus")
+                    time.sleep(2)  # one more scrape after the last batch
+                assert len(reader.wait_for(lambda seen: len(seen) >= count, timeout_s=60)) >= count
+
+                def per_variant(promql: str) -> dict[str, float]:
+                    return {
+                        s["metric"]["variant"]: float(s["value"][1])
+                        for s in prometheus.query(f"sum by (variant) ({promql})")
+                    }
+
+                scored = per_variant("tailor_live_scored_events_total")
+                hits = per_variant('tailor_live_hits_total{k="20"}')
+                window_scored = per_variant("increase(tailor_live_scored_events_total[10m])")
+                window_hits = per_variant('increase(tailor_live_hits_total{k="20"}[10m])')
+
+                experiment = tmp_path / "experiment.json"
+                experiment.write_text(json.dumps(EXPERIMENT))
+                for name in [n for n in os.environ if n.startswith("TAILOR_")]:
+                    monkeypatch.delenv(name)
+                for name, value in settings.as_environment().items():
+                    monkeypatch.setenv(name, value)
+                offline = tmp_path / "offline.json"
+                argv = ["evaluate", str(SAMPLE / "events.jsonl.gz")]
+                argv += ["--catalog", str(SAMPLE / "catalog.jsonl.gz"), "--limit", str(count)]
+                argv += ["--warmup", "0", "--batch-size", "1", "--baselines", "none"]
+                argv += ["--no-progress", "--variants", str(experiment), "--json", str(offline)]
+                assert main(argv) == 0
+                models = {m["name"]: m for m in json.loads(offline.read_text())["models"]}
+
+                report = tmp_path / "report.json"
+                plot = tmp_path / "report.png"
+                argv = ["report", "--prometheus", prometheus.url, "--window", "10m"]
+                argv += ["--no-titles", "--json", str(report), "--plot", str(plot)]
+                assert main(argv) == 0
+                said = capsys.readouterr().out
+    finally:
+        reader.close()
+
+    for variant, name in (
+        ("short", "tailor short"),
+        ("control", "tailor control"),
+        ("wide", "tailor wide (shadow)"),
+    ):
+        assert scored[variant] == models[name]["counted"] > 0, variant
+        # the JSON rounds HR to four places
+        assert hits[variant] / scored[variant] == pytest.approx(models[name]["HR@20"], abs=1e-4)
+    live = json.loads(report.read_text())["live"]
+    read = {v["variant"]: v for v in live["variants"]}
+    assert set(read) == {"short", "control", "wide"}
+    for variant, figures in read.items():
+        # what Prometheus says of the window (increase() extrapolates a little to the
+        # window's end, so a later look reads slightly more)
+        seen = (variant, figures, window_scored, window_hits)
+        assert figures["scored"] == pytest.approx(window_scored[variant], rel=0.1), seen
+        assert figures["hits"] == pytest.approx(window_hits[variant], rel=0.1), seen
+        assert 0 < figures["scored"] < scored[variant]  # the first half came before a scrape
+    assert plot.stat().st_size > 10_000
+    assert "Experiment: control has HR@20" in said
+    assert "- short: HR@20" in said
+    assert "- wide (shadow: computed, never shown): HR@20" in said

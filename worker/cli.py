@@ -8,6 +8,7 @@ one line naming it and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -140,27 +141,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the defaults as the Markdown table the README carries",
     )
-    _serve_parser(commands)
+    _extra_parser(commands, "serve")
     _bench_parser(commands)
-    _evaluate_parser(commands)
+    _extra_parser(commands, "evaluate")
+    _extra_parser(commands, "report")
     return parser
-
-
-def _serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """As for ``evaluate``: the real parser needs the extra, the stand-in names it."""
-    if missing_extra("serve") is None:
-        from worker.serve.command import add_serve_parser
-
-        add_serve_parser(commands)
-        return
-    stand_in = commands.add_parser(
-        "serve",
-        help=f"answer HTTP requests for users' latest lists and trending items (needs the "
-        f"{EXTRAS['serve'].name} extra)",
-        add_help=False,
-        prefix_chars="\0",
-    )
-    stand_in.add_argument("given", nargs="*", help=argparse.SUPPRESS)
 
 
 def _topics_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -198,22 +183,43 @@ def _topics_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
-def _evaluate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The real ``evaluate`` parser, or without its extra a stand-in that takes anything.
+#: Commands whose parser lives with an extra: (module, function adding the parser, help).
+_EXTRA_PARSERS: dict[str, tuple[str, str, str]] = {
+    "serve": (
+        "worker.serve.command",
+        "add_serve_parser",
+        "answer HTTP requests for users' latest lists and trending items",
+    ),
+    "evaluate": (
+        "worker.evaluate.command",
+        "add_evaluate_parser",
+        "replay a log through Tailor and baselines",
+    ),
+    "report": (
+        "worker.report.command",
+        "add_report_parser",
+        "a plain summary for people: trending, quality, the experiment, bias",
+    ),
+}
 
-    ``worker.evaluate.command`` imports the extra's packages, so a runtime-only install
-    cannot build its parser; the stand-in accepts whatever follows (``--help`` included:
-    no prefix character is ever an option for it) so that ``main`` can name the extra.
+
+def _extra_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], command: str
+) -> None:
+    """A command's real parser, or without its extra a stand-in that takes anything.
+
+    These commands' modules import their extra's packages, so a runtime-only install
+    cannot build their parsers; the stand-in accepts whatever follows (``--help``
+    included: no prefix character is ever an option for it) so that ``main`` can name
+    the extra.
     """
-    if missing_extra("evaluate") is None:
-        from worker.evaluate.command import add_evaluate_parser
-
-        add_evaluate_parser(commands)
+    module, function, what = _EXTRA_PARSERS[command]
+    if missing_extra(command) is None:
+        getattr(importlib.import_module(module), function)(commands)
         return
     stand_in = commands.add_parser(
-        "evaluate",
-        help=f"replay a log through Tailor and baselines (needs the {EXTRAS['evaluate'].name} "
-        "extra)",
+        command,
+        help=f"{what} (needs the {EXTRAS[command].name} extra)",
         add_help=False,
         prefix_chars="\0",
     )
@@ -793,6 +799,12 @@ def _bench_side_by_side(
     return 0
 
 
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.report.command import run_report
+
+    return run_report(settings, args)
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from worker.serve.command import run_serve
 
@@ -825,6 +837,7 @@ _COMMANDS = {
     "bench": _bench,
     "evaluate": _evaluate,
     "serve": _serve,
+    "report": _report,
 }
 
 

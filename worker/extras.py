@@ -32,6 +32,7 @@ EXTRAS: dict[str, Extra] = {
     "bench": Extra("bench", ("rich",)),
     "evaluate": Extra("evaluate", ("rich", "implicit", "matplotlib")),
     "serve": Extra("serve", ("fastapi", "uvicorn")),
+    "report": Extra("report", ("rich", "matplotlib")),
 }
 
 

@@ -53,7 +53,7 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
             "each user's next interaction, as `tailor evaluate` defines them) moved over "
             "--window against the window before, which experiment variant leads (a "
             "two-proportion test against control), and bias (catalog coverage, share of "
-            "slots to the 1 %% most popular items, exposure Gini). Live figures need "
+            "slots to the 1 % most popular items, exposure Gini). Live figures need "
             "--prometheus (the Prometheus that scrapes the workers); without it the report "
             "has trending only. Settings (Redis, Kafka, variants) are the workers' own."
         ),
@@ -91,7 +91,7 @@ def add_report_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def run_report(settings: Settings, args: argparse.Namespace) -> int:
-    console = Console()
+    console = Console(soft_wrap=True)  # a line per sentence, piped or not
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     window = describe_window(args.window)
     console.print(f"[bold]Tailor report[/bold], {stamp}, the last {window}")

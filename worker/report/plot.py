@@ -23,22 +23,31 @@ def plot_live(figures: LiveFigures, out: Path, title: str) -> Path:
         return [datetime.fromtimestamp(t, UTC) for t, _ in points]
 
     for variant, points in sorted(figures.curve.items()):
-        quality.plot(times(points), [100 * v for _, v in points], label=variant or "all")
+        quality.plot(
+            times(points), [100 * v for _, v in points], marker=".", label=variant or "all"
+        )
     quality.set_ylabel("live HR@20 (%)")
     quality.set_title(title)
     quality.grid(alpha=0.3)
     if figures.curve:
         quality.legend(loc="best")
     for variant, points in sorted(figures.coverage_curve.items()):
-        bias.plot(times(points), [100 * v for _, v in points], label=f"coverage, {variant}")
+        bias.plot(
+            times(points), [100 * v for _, v in points], marker=".", label=f"coverage, {variant}"
+        )
     for variant, points in sorted(figures.popular_curve.items()):
         bias.plot(
             times(points),
             [100 * v for _, v in points],
             linestyle="--",
+            marker=".",
             label=f"slots to the top 1 % items, {variant}",
         )
     bias.set_ylabel("% of catalog / of slots")
+    bias.set_xlim(
+        datetime.fromtimestamp(figures.end - figures.window_s, UTC),
+        datetime.fromtimestamp(figures.end, UTC),
+    )
     bias.set_xlabel("time (UTC)")
     bias.grid(alpha=0.3)
     if figures.coverage_curve or figures.popular_curve:
