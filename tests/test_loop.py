@@ -22,9 +22,12 @@ from confluent_kafka import KafkaError
 from tests.helpers import event
 from worker.config import Settings
 from worker.loop import Worker
+from worker.metrics import Health
 from worker.testing import (
+    MemoryCatalogFeed,
     MemoryCheckpoints,
     MemoryKafka,
+    MemoryMessage,
     MemoryModelLog,
     MemorySink,
     MemoryStates,
@@ -401,3 +404,35 @@ def test_the_loop_exports_live_quality_once_per_event_and_closes_bias_windows() 
     assert after.stats.replayed == 1
     assert sample(after, "tailor_live_scored_events_total") == 0
     after.close()
+
+
+class _SlowCatalog(MemoryCatalogFeed):
+    """A catalog topic that hands out one item per poll, each after a pause longer than
+    the liveness threshold of the test's :class:`Health`."""
+
+    pause_s = 0.2
+
+    def consume(self, limit: int, timeout_s: float) -> list[MemoryMessage]:
+        time.sleep(self.pause_s)
+        return super().consume(1, timeout_s)
+
+
+def test_a_long_catalog_load_keeps_the_worker_alive_and_ends_with_every_item() -> None:
+    settings = SETTINGS.with_overrides(catalog_load_timeout_s=60)
+    world = Cluster(settings)
+    health = Health(stale_after_s=_SlowCatalog.pause_s * 0.75)  # one poll outlasts it
+    worker = Worker(
+        settings,
+        health=health,
+        store=world.states,
+        model_log=world.log.reader(time.time),
+        checkpoints=world.checkpoints,
+        source=world.kafka.source(),
+        sink=world.kafka.sink(),
+        dead_letter_sink=world.kafka.sink(),
+        catalog_feed=_SlowCatalog(world.kafka, settings.catalog_topic),
+    )
+    worker.start()  # the timeout from the settings: every item is read
+    assert worker.recommender.catalog.size == len(ITEMS) > 1
+    assert health.alive  # a beat after every poll, the last one included
+    worker.close()

@@ -213,6 +213,12 @@ class Settings(BaseSettings):
     outage_timeout_s: float = Field(
         300.0, gt=0, description="stop (uncommitted) when Redis stays away this long"
     )
+    catalog_load_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="at start, read the catalog topic to its end for at most this long before "
+        "serving (a worker serving a half-read catalog lists from half the items)",
+    )
 
     # Redis
     redis_url: str = Field(

@@ -172,11 +172,13 @@ class Worker:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, catalog_timeout_s: float = 30.0, kafka_timeout_s: float = 30.0) -> None:
+    def start(self, catalog_timeout_s: float | None = None, kafka_timeout_s: float = 30.0) -> None:
         """Fail fast on Redis and Kafka, load the catalog, join the group."""
         self._check_servers(kafka_timeout_s)
         self._restore_models()
         partitions = self.catalog_feed.assign()
+        if catalog_timeout_s is None:
+            catalog_timeout_s = self.settings.catalog_load_timeout_s
         loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
         log.info("catalog: %d items from %d partition(s)", loaded, partitions)
         self._catch_up_models(kafka_timeout_s)
@@ -620,10 +622,16 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._poll_catalog(5000, 0.2)
+            self.health.beat()  # alive while the catalog comes in: liveness must not kill it
             if self.catalog_feed.caught_up():
                 break
         else:
-            log.warning("catalog not fully loaded after %.0f s; continuing", timeout_s)
+            log.warning(
+                "catalog not fully loaded after %.0f s (TAILOR_CATALOG_LOAD_TIMEOUT_S); "
+                "serving with %d items, the rest is applied as it comes",
+                timeout_s,
+                self.recommender.catalog.size,
+            )
         return self.recommender.catalog.size
 
     def _poll_catalog(self, limit: int, timeout_s: float) -> None:
