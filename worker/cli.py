@@ -42,9 +42,9 @@ Settings come from TAILOR_* environment variables (for example TAILOR_BOOTSTRAP_
 TAILOR_REDIS_URL, TAILOR_TOP_K) and an optional --config file (.toml or .yaml with the same
 names in lower case); see `tailor config` for every setting and its current value.
 
-`tailor run` needs the package alone; demo, bench, evaluate and serve need an extra each
-(pip install 'tailor-worker[demo]', [bench], [evaluate], [serve]) and say so when it is
-missing.
+`tailor run` needs the package alone; demo, bench, evaluate, serve and report need an
+extra each (pip install 'tailor-worker[demo]', [bench], [evaluate], [serve], [report]) and
+say so when it is missing.
 """
 
 
