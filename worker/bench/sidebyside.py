@@ -41,7 +41,7 @@ from worker.bench.procstat import cpu_seconds, peak_rss_bytes
 from worker.bench.replay import Replay
 from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import Clickstream, Workload
-from worker.bench.worker import _clean_up, _flush, _send, _WorkerProcess
+from worker.bench.worker import _clean_up, _flush, _send, _WorkerProcess, paced_send
 from worker.config import ENV_PREFIX, Settings
 from worker.redaction import redacted_url
 from worker.state.store import RedisClient, connect_redis
@@ -587,22 +587,7 @@ def _latency(
     options: SideOptions,
 ) -> Json:
     """Send ``bodies`` at ``rate``; the time from each send to its first covering output."""
-    interval = 1.0 / rate if rate > 0 else 0.0
-    started = time.perf_counter()
-    for k, body in enumerate(bodies):
-        due = started + k * interval
-        while (left := due - time.perf_counter()) > 0:
-            if left > 0.002:
-                outputs.read(left - 0.001)
-            else:
-                time.sleep(left)
-        outputs.read(0)
-        body["timestamp"] = int(time.time() * 1000)
-        value = orjson.dumps(body)
-        outputs.sent[str(body["event_id"])] = time.time()
-        _send(producer, settings.events_topic, body["user_id"].encode(), value)
-        producer.poll(0)
-    elapsed = time.perf_counter() - started
+    achieved = paced_send(producer, settings.events_topic, bodies, rate, outputs)
     _flush(producer, options.timeout_s)
     ids = [str(body["event_id"]) for body in bodies]
     outputs.wait(ids, min(options.timeout_s, 120.0), system.check, "the paced events")
@@ -610,7 +595,7 @@ def _latency(
     return {
         "events": len(ids),
         "rate": rate,
-        "achieved_rate": (len(ids) - 1) / elapsed if len(ids) > 1 and elapsed > 0 else rate,
+        "achieved_rate": achieved,
         "covered": len(latencies),
         "ms": percentiles(latencies),
     }

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import confluent_kafka
 import numpy as np
@@ -29,10 +30,6 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
-from rich.progress import (
-    Progress,
-    TaskID,
-)
 
 from worker.bench.common import BenchError, Json, percentiles, progress_bar, warmup_count
 from worker.bench.report import machine_info, now_iso
@@ -192,8 +189,13 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             reader = _ListReader(settings)
             task = progress.add_task("latency events sent", total=len(paced))
             before = after
-            sent = _paced_send(
-                producer, settings.events_topic, paced, options.rate, reader, task, progress
+            sent = paced_send(
+                producer,
+                settings.events_topic,
+                paced,
+                options.rate,
+                reader,
+                lambda done: progress.update(task, completed=done),
             )
             _flush(producer, options.timeout_s)
             wanted = {str(body["event_id"]) for body in paced}
@@ -502,17 +504,25 @@ class _ListReader:
         self.consumer.close()
 
 
-def _paced_send(
+class PacedReader(Protocol):
+    """What :func:`paced_send` needs of a reader of the outputs."""
+
+    sent: dict[str, float]  # event id -> time.time() just before its produce
+
+    def read(self, timeout_s: float) -> None: ...
+
+
+def paced_send(
     producer: Producer,
     topic: str,
     bodies: Sequence[Json],
     rate: float,
-    reader: _ListReader,
-    task: TaskID,
-    progress: Progress,
+    reader: PacedReader,
+    on_sent: Callable[[int], None] = lambda sent: None,
 ) -> float:
-    """Send ``bodies`` at ``rate`` per second, reading lists in between; the rate achieved."""
-    interval = 1.0 / rate
+    """Send ``bodies`` at ``rate`` per second (0: at once), reading outputs in between
+    rather than sleeping; returns the rate achieved. ``on_sent`` hears every 100th."""
+    interval = 1.0 / rate if rate > 0 else 0.0
     started = time.perf_counter()
     for k, body in enumerate(bodies):
         due = started + k * interval
@@ -524,12 +534,12 @@ def _paced_send(
         reader.read(0)
         body["timestamp"] = int(time.time() * 1000)
         value = orjson.dumps(body)
-        reader.sent[body["event_id"]] = time.time()
+        reader.sent[str(body["event_id"])] = time.time()
         _send(producer, topic, body["user_id"].encode(), value)
         producer.poll(0)
         if k % 100 == 0:
-            progress.update(task, completed=k)
-    progress.update(task, completed=len(bodies))
+            on_sent(k)
+    on_sent(len(bodies))
     elapsed = time.perf_counter() - started
     return (len(bodies) - 1) / elapsed if len(bodies) > 1 and elapsed > 0 else rate
 

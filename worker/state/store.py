@@ -181,16 +181,7 @@ def connect_redis(settings: Settings) -> RedisClient:
     their own. It asks a node for the slot map as it is built, so a cluster that cannot
     be reached raises :class:`StoreUnavailable` here, saying why.
     """
-    options: dict[str, Any] = {
-        "socket_timeout": settings.redis_timeout_s,
-        "socket_connect_timeout": settings.redis_timeout_s,
-        "client_name": settings.client_id,
-    }
-    if settings.redis_username:
-        options["username"] = settings.redis_username
-    if settings.redis_password:
-        options["password"] = settings.redis_password.get_secret_value()
-    options.update(_tls_options(settings))
+    options = _client_options(settings)
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     if not settings.redis_is_cluster:
         return redis.Redis.from_url(
@@ -206,10 +197,8 @@ def connect_redis(settings: Settings) -> RedisClient:
         raise StoreUnavailable(explain_redis_error(error, settings)) from error
 
 
-def connect_redis_async(settings: Settings) -> AsyncRedisClient:
-    """The asyncio twin of :func:`connect_redis` (same options, retry, TLS and ACL user),
-    for ``tailor serve``'s handlers: a GET awaited on the event loop costs no thread
-    hand-off. It connects on its first command."""
+def _client_options(settings: Settings) -> dict[str, Any]:
+    """What every Redis client of Tailor is given: timeouts, name, ACL user, TLS."""
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,
@@ -220,6 +209,14 @@ def connect_redis_async(settings: Settings) -> AsyncRedisClient:
     if settings.redis_password:
         options["password"] = settings.redis_password.get_secret_value()
     options.update(_tls_options(settings))
+    return options
+
+
+def connect_redis_async(settings: Settings) -> AsyncRedisClient:
+    """The asyncio twin of :func:`connect_redis` (same options, retry, TLS and ACL user),
+    for ``tailor serve``'s handlers: a GET awaited on the event loop costs no thread
+    hand-off. It connects on its first command."""
+    options = _client_options(settings)
     retry = redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     if not settings.redis_is_cluster:
         return redis.asyncio.Redis.from_url(
