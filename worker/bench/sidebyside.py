@@ -18,12 +18,9 @@ Redis ``INFO`` deltas give commands and read events (round trips) per event.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ from rich.console import Console
 from worker.bench.common import BenchError, Json, percentiles, progress_bar, warmup_count
 from worker.bench.core import CoreOptions, run_core
 from worker.bench.peer import PEER_APP, default_peer_venv, ensure_peer_venv
+from worker.bench.process import LoggedProcess
 from worker.bench.procstat import cpu_seconds, peak_rss_bytes
 from worker.bench.replay import Replay
 from worker.bench.report import machine_info, now_iso
@@ -202,58 +200,6 @@ class _Plan:
         return cls(workload, catalog, messages[:warm], messages[warm:], paced)
 
 
-class _Process:
-    """One process of a system: its log kept by a thread, stopped by SIGTERM."""
-
-    def __init__(self, command: Sequence[str], environment: dict[str, str], name: str) -> None:
-        self.name = name
-        try:
-            self.process = subprocess.Popen(
-                list(command),
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-            )
-        except OSError as error:
-            raise BenchError(f"cannot start the {name} ({' '.join(command)}): {error}") from error
-        self._tail: deque[str] = deque(maxlen=40)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._tail.append(line.rstrip("\n"))
-
-    def check(self) -> None:
-        code = self.process.poll()
-        if code is not None:
-            self._reader.join(1)
-            tail = "\n".join(self._tail) or "(nothing)"
-            raise BenchError(
-                f"the {self.name} exited with status {code}; its log ends with:\n{tail}"
-            )
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            code = self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._reader.join(5)
-        return code
-
-
 class _Outputs:
     """A downstream reader of a system's output topics, from their beginning.
 
@@ -339,7 +285,7 @@ class _System:
         self.settings = settings
         self.options = options
         self.peer_python = peer_python
-        self.processes: list[_Process] = []
+        self.processes: list[LoggedProcess] = []
         self.workers: list[_WorkerProcess] = []
 
     @property
@@ -361,7 +307,9 @@ class _System:
             if self.name == "tailor":
                 self.workers.append(_WorkerProcess(self.settings))
                 continue
-            self.processes.append(_Process(self._command(), _environment(), f"{self.name} {k}"))
+            self.processes.append(
+                LoggedProcess(self._command(), _environment(), f"{self.name} {k}")
+            )
 
     def _command(self) -> list[str]:
         s = self.settings

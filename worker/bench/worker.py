@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
@@ -32,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from worker.bench.common import BenchError, Json, percentiles, progress_bar, warmup_count
+from worker.bench.process import LoggedProcess
 from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import Clickstream, Workload
 from worker.config import ENV_PREFIX, Settings
@@ -244,7 +241,6 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
 #: How the benchmark starts the worker: ``tailor run``, as operators run it.
 _WORKER_COMMAND = (sys.executable, "-m", "worker", "run")
 _POLL_S = 0.02  # how often the worker's /metrics is read while waiting for a count
-_STOP_S = 60.0  # how long the worker has to stop after SIGTERM before it is killed
 _LOG_LINES = 40  # lines of the worker's log kept for error messages
 #: Log lines of ``tailor run`` that mark its start-up (worker/cli.py, worker/loop.py).
 _LOG_MARKS = {
@@ -306,7 +302,7 @@ class _Snapshot:
         }
 
 
-class _WorkerProcess:
+class _WorkerProcess(LoggedProcess):
     """``tailor run`` in a process of its own, watched through its log and its ``/metrics``.
 
     The environment is the settings' (:meth:`Settings.as_environment`) and nothing else of
@@ -319,51 +315,14 @@ class _WorkerProcess:
         environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         environment.update(settings.as_environment())
         self.spawned = time.monotonic()
-        try:
-            self.process = subprocess.Popen(
-                _WORKER_COMMAND,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-            )
-        except OSError as error:
-            command = " ".join(_WORKER_COMMAND)
-            raise BenchError(f"cannot start the worker ({command}): {error}") from error
-        self.exit_code: int | None = None
-        self._tail: deque[str] = deque(maxlen=_LOG_LINES)
         self._marks: dict[str, tuple[float, re.Match[str]]] = {}
-        self._lock = threading.Lock()
-        self._log_reader = threading.Thread(
-            target=self._read_log, name="tailor-bench-worker-log", daemon=True
-        )
-        self._log_reader.start()
+        super().__init__(_WORKER_COMMAND, environment, "worker", _LOG_LINES)
 
-    def _read_log(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            arrived = time.monotonic()
-            with self._lock:
-                self._tail.append(line.rstrip("\n"))
-                for mark, pattern in _LOG_MARKS.items():
-                    if mark not in self._marks and (found := pattern.search(line)):
-                        self._marks[mark] = (arrived, found)
-
-    def log_tail(self) -> str:
-        self._log_reader.join(1)  # the last lines of a process that has exited
-        with self._lock:
-            return "\n".join(self._tail) or "(nothing)"
-
-    def check(self) -> None:
-        """Raise :class:`BenchError` with the end of the log if the worker has exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise BenchError(
-                f"the worker exited with status {code}; its log ends with:\n{self.log_tail()}"
-            )
+    def on_line(self, line: str) -> None:
+        arrived = time.monotonic()
+        for mark, pattern in _LOG_MARKS.items():
+            if mark not in self._marks and (found := pattern.search(line)):
+                self._marks[mark] = (arrived, found)
 
     def wait_for_log(self, mark: str, timeout_s: float) -> tuple[float, re.Match[str]]:
         """When (``time.monotonic``) the start-up line ``mark`` arrived, and its match."""
@@ -432,21 +391,6 @@ class _WorkerProcess:
             if now != last:
                 last, since = now, time.monotonic()
         return last
-
-    def stop(self) -> int:
-        """SIGTERM, as operators stop it, killed after ``_STOP_S``; the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(_STOP_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-            with self._lock:
-                self._tail.append(f"(killed: still running {_STOP_S:.0f} s after SIGTERM)")
-        self._log_reader.join(5)
-        self.exit_code = code
-        return code
 
 
 class _ListReader:
