@@ -233,6 +233,18 @@ def side_by_side_rows(result: Json) -> tuple[list[str], list[tuple[str, list[str
         used = run.get("redis_memory")
         return f"{used['mib_per_million_users']:,.0f}" if used else "-"
 
+    def paced(phase: str, label: str) -> list[tuple[str, list[str]]]:
+        """A paced phase's rows: the rate asked and sent, then its latency percentiles."""
+
+        def rates(run: Json) -> str:
+            return f"{run[phase]['rate']:,.0f} / {run[phase]['achieved_rate']:,.0f}"
+
+        return [
+            row(f"{label}: rate asked / sent (/s)", rates),
+            row("  event -> output p50 ms", latency(phase, "p50")),
+            *(row(f"  {q} ms", latency(phase, q)) for q in ("p95", "p99", "max")),
+        ]
+
     rows = [
         row("catalog items", lambda run: f"{run['items']:,}" if run["system"] != "relay" else "-"),
         row("drain events/s", lambda run: f"{run['drain']['events_per_s']:,.0f}"),
@@ -242,28 +254,8 @@ def side_by_side_rows(result: Json) -> tuple[list[str], list[tuple[str, list[str
         row("  x the peer's", compare("cpu_per_event_x_peer", "{:.2f}x")),
         row("peak RSS MB per process", lambda run: " / ".join(f"{m:,.0f}" for m in run[_RSS])),
         row("start to first output s", lambda run: f"{run['start_to_first_output_s']:.1f}"),
-        row(
-            "half drain: rate asked / sent (/s)",
-            lambda run: (
-                f"{run['latency_half_drain']['rate']:,.0f} / "
-                f"{run['latency_half_drain']['achieved_rate']:,.0f}"
-            ),
-        ),
-        row("  event -> output p50 ms", latency("latency_half_drain", "p50")),
-        row("  p95 ms", latency("latency_half_drain", "p95")),
-        row("  p99 ms", latency("latency_half_drain", "p99")),
-        row("  max ms", latency("latency_half_drain", "max")),
-        row(
-            "at --rate: rate asked / sent (/s)",
-            lambda run: (
-                f"{run['latency_at_rate']['rate']:,.0f} / "
-                f"{run['latency_at_rate']['achieved_rate']:,.0f}"
-            ),
-        ),
-        row("  event -> output p50 ms", latency("latency_at_rate", "p50")),
-        row("  p95 ms", latency("latency_at_rate", "p95")),
-        row("  p99 ms", latency("latency_at_rate", "p99")),
-        row("  max ms", latency("latency_at_rate", "max")),
+        *paced("latency_half_drain", "half drain"),
+        *paced("latency_at_rate", "at --rate"),
         row("Redis commands per event", lambda run: f"{run['drain'][_COMMANDS]:.2f}"),
         row(
             "Redis round trips per event (reads)",
