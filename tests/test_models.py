@@ -417,6 +417,30 @@ def test_a_new_item_gets_content_neighbours_once_the_catalog_is_rebuilt() -> Non
     assert (similarity[0] > 0).all()
 
 
+def test_the_background_fill_finds_every_items_neighbours_as_a_batch_would() -> None:
+    colours = ("blue", "green", "red", "black", "white")
+    titles = [
+        f"{colours[n % 5]} cotton shirt {colours[(n // 50) % 5]} collar {n % 7}" for n in range(600)
+    ]
+    filled = ContentNeighbours(4)
+    on_demand = ContentNeighbours(4, background=False)
+    for row, title in enumerate(titles):
+        tokens = content_tokens(_content_item(f"i{row}", title))
+        filled.upsert(row, tokens)
+        on_demand.upsert(row, tokens)
+    for model in (filled, on_demand):  # the first lookup builds the matrix (and the fill)
+        model.neighbours_of(np.array([0]))
+    assert filled.wait_filled(timeout_s=60)
+    assert not on_demand.filled()  # without the fill, only what is asked for is known
+    asked = np.arange(len(titles))
+    rng = np.random.default_rng(3)
+    rng.shuffle(asked)  # batches ask in any order, a few rows at a time
+    for chunk in np.array_split(asked, 40):
+        on_demand.neighbours_of(chunk)
+    np.testing.assert_array_equal(filled.neighbour, on_demand.neighbour)
+    np.testing.assert_array_equal(filled.similarity, on_demand.similarity)
+
+
 # -- popularity at several time scales ------------------------------------------------------
 
 

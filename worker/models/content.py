@@ -3,18 +3,28 @@
 This is the content-based half of the recommender where a log has nothing but item text
 (a retailer's product descriptions): "WHITE HANGING HEART T-LIGHT HOLDER" finds the red
 one before anybody has bought both, and a brand-new item has neighbours from its first
-minute. Texts become L2-normalised TF-IDF rows of one sparse matrix; an item's top-M
-neighbours are computed when it is first asked for (one sparse product for all the
-batch's new anchors) and kept in fixed ``[items, M]`` arrays, so memory is bounded by
-``items * M`` and steady-state lookups are a gather.
+minute. Texts become L2-normalised TF-IDF rows of one sparse matrix; every item's top-M
+neighbours are kept in fixed ``[items, M]`` arrays, so memory is bounded by ``items * M``
+and lookups in the hot path are a gather.
 
 Catalog changes mark the matrix stale; it is rebuilt (and the neighbour cache cleared)
 when enough upserts have accumulated, so a stream of single upserts costs no rebuild each.
+After each rebuild a background thread fills the neighbours of every item, a chunk at a
+time, at the lowest CPU priority: a 100k-item catalog takes about half a minute of one
+core (the products are dense-ish: a department word links thousands of items), far too
+long for start-up and too much for the event path. The sparse product releases the GIL,
+so the fill runs beside the event loop on the machine's idle core. Until the fill reaches
+an item, a batch that asks for it computes it on the spot, exactly as the fill would: an
+item's row of the product depends on nothing else, so the lists are the same whichever
+computes it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import threading
 from collections.abc import Iterable
 
 import numpy as np
@@ -34,6 +44,8 @@ _UNKNOWN = -2  # neighbours not computed yet
 _REBUILD_SHARE = 0.01  # rebuild once 1 % of the items changed (at least _REBUILD_MIN)
 _REBUILD_MIN = 100
 _MIN_SIMILARITY = 0.2
+_FILL_CHUNK = 256  # rows per background product: ~50 MB of temporaries at 15k links a row
+_LOWEST_PRIORITY = 19
 
 
 def item_words(item: CatalogItem) -> list[str]:
@@ -50,7 +62,7 @@ def content_tokens(item: CatalogItem) -> list[str]:
 
 
 class ContentNeighbours:
-    def __init__(self, neighbours: int) -> None:
+    def __init__(self, neighbours: int, *, background: bool = True) -> None:
         self.m = neighbours
         self._tokens: dict[int, list[str]] = {}
         self._matrix: sparse.csr_matrix | None = None
@@ -58,6 +70,12 @@ class ContentNeighbours:
         self._changed = 0
         self.neighbour: npt.NDArray[np.int32] = np.full((0, neighbours), _UNKNOWN, dtype=np.int32)
         self.similarity: npt.NDArray[np.float32] = np.zeros((0, neighbours), dtype=np.float32)
+        self._background = background
+        #: Held while neighbour rows are written or the arrays replaced; the products run
+        #: outside it. A rebuild bumps the generation, which tells a running fill to stop.
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._filler: threading.Thread | None = None
 
     def upsert(self, row: int, tokens: list[str]) -> None:
         if self._tokens.get(row) != tokens:
@@ -77,42 +95,108 @@ class ContentNeighbours:
         valid = (rows >= 0) & (rows < built)
         if not valid.any():
             return neighbours, similarity
-        unknown = np.unique(rows[valid][self.neighbour[rows[valid], 0] == _UNKNOWN])
-        if unknown.size:
-            self._compute(unknown)
-        found = self.neighbour[rows[valid]]
-        neighbours[valid] = np.where(found >= 0, found, -1)
-        similarity[valid] = self.similarity[rows[valid]]
+        with self._lock:
+            unknown = np.unique(rows[valid][self.neighbour[rows[valid], 0] == _UNKNOWN])
+            if unknown.size:
+                self._store(unknown, self._top(unknown, self._products(unknown)))
+            found = self.neighbour[rows[valid]]
+            neighbours[valid] = np.where(found >= 0, found, -1)
+            similarity[valid] = self.similarity[rows[valid]]
         return neighbours, similarity
+
+    def filled(self) -> bool:
+        """Whether every item's neighbours are known (the background fill is done)."""
+        with self._lock:
+            built = self._matrix.shape[0] if self._matrix is not None else 0
+            return not bool((self.neighbour[:built, 0] == _UNKNOWN).any())
+
+    def wait_filled(self, timeout_s: float | None = None) -> bool:
+        """Wait for the background fill (tests and benchmarks); whether it is done."""
+        filler = self._filler
+        if filler is not None:
+            filler.join(timeout_s)
+        return self.filled()
 
     def _refresh(self) -> None:
         items = len(self._tokens)
         needed = max(1, min(max(_REBUILD_MIN, int(_REBUILD_SHARE * items)), items // 2))
         if self._matrix is not None and self._changed < needed:
             return
-        self._matrix = _tfidf(self._tokens.items(), max(self._tokens, default=-1) + 1)
-        self._transposed = self._matrix.T.tocsr()
-        self._changed = 0
-        rows = self._matrix.shape[0]
-        self.neighbour = grow_rows(self.neighbour[:0], rows, fill=_UNKNOWN)
-        self.similarity = grow_rows(self.similarity[:0], rows, fill=0.0)
+        matrix = _tfidf(self._tokens.items(), max(self._tokens, default=-1) + 1)
+        with self._lock:
+            self._generation += 1
+            self._matrix = matrix
+            self._transposed = matrix.T.tocsr()
+            self._changed = 0
+            rows = matrix.shape[0]
+            self.neighbour = grow_rows(self.neighbour[:0], rows, fill=_UNKNOWN)
+            self.similarity = grow_rows(self.similarity[:0], rows, fill=0.0)
+            generation = self._generation
+        if self._background and rows:
+            self._filler = threading.Thread(
+                target=self._fill, args=(generation,), name="content-neighbours", daemon=True
+            )
+            self._filler.start()
 
-    def _compute(self, rows: IntArray) -> None:
-        """Top-M neighbours of ``rows`` in one sparse product, then a small loop per row."""
+    def _fill(self, generation: int) -> None:
+        """Every row's neighbours, a chunk at a time, until done or the matrix is rebuilt."""
+        with contextlib.suppress(AttributeError, OSError):  # Linux: a thread's own nice
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _LOWEST_PRIORITY)
+        with self._lock:
+            matrix, transposed = self._matrix, self._transposed
+        if matrix is None or transposed is None:
+            return
+        total = matrix.shape[0]  # the arrays may be longer: they grow by doubling
+        for start in range(0, total, _FILL_CHUNK):
+            with self._lock:
+                if self._generation != generation:
+                    return
+                chunk = np.arange(start, min(start + _FILL_CHUNK, total))
+                chunk = chunk[self.neighbour[chunk, 0] == _UNKNOWN]
+            if chunk.size == 0:
+                continue
+            top = self._top(chunk, (matrix[chunk] @ transposed).tocsr())  # mostly GIL-free
+            with self._lock:
+                if self._generation != generation:
+                    return
+                self._store(chunk, top)
+
+    def _products(self, rows: IntArray) -> sparse.csr_matrix:
         assert self._matrix is not None
-        products = (self._matrix[rows] @ self._transposed).tocsr()
-        self.neighbour[rows] = -1
-        self.similarity[rows] = 0.0
-        for slot, row in enumerate(rows.tolist()):
-            start, end = products.indptr[slot], products.indptr[slot + 1]
-            found, scores = products.indices[start:end], products.data[start:end]
-            keep = (found != row) & (scores >= _MIN_SIMILARITY)
-            found, scores = found[keep], scores[keep]
-            if found.size > self.m:
-                best = np.argpartition(-scores, self.m - 1)[: self.m]
-                found, scores = found[best], scores[best]
-            self.neighbour[row, : found.size] = found
-            self.similarity[row, : found.size] = scores
+        assert self._transposed is not None
+        return (self._matrix[rows] @ self._transposed).tocsr()
+
+    def _top(
+        self, rows: IntArray, products: sparse.csr_matrix
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+        """Each row's top-M from its row of ``products``: one numpy pass drops the item
+        itself and the weak links (most of a row), a short loop per row keeps the best.
+
+        Needs no lock (the fill runs it beside the event loop); a row's result depends on
+        its row of the product alone, so whoever computes it, the neighbours are the same.
+        """
+        slot_of = np.repeat(np.arange(rows.size), np.diff(products.indptr))
+        keep = (products.indices != rows[slot_of]) & (products.data >= _MIN_SIMILARITY)
+        found, scores = products.indices[keep], products.data[keep]
+        ends = np.cumsum(np.bincount(slot_of[keep], minlength=rows.size)).tolist()
+        neighbour = np.full((rows.size, self.m), -1, dtype=np.int32)
+        similarity = np.zeros((rows.size, self.m), dtype=np.float32)
+        start = 0
+        for slot, end in enumerate(ends):
+            row_found, row_scores = found[start:end], scores[start:end]
+            if row_found.size > self.m:
+                best = np.argpartition(-row_scores, self.m - 1)[: self.m]
+                row_found, row_scores = row_found[best], row_scores[best]
+            neighbour[slot, : row_found.size] = row_found
+            similarity[slot, : row_found.size] = row_scores
+            start = end
+        return neighbour, similarity
+
+    def _store(
+        self, rows: IntArray, top: tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]
+    ) -> None:
+        """Called with the lock held."""
+        self.neighbour[rows], self.similarity[rows] = top
 
 
 def _tfidf(items: Iterable[tuple[int, list[str]]], rows: int) -> sparse.csr_matrix:

@@ -45,3 +45,6 @@ class ModelContext:
     deny_categories: frozenset[str]
     #: the ``n`` most popular items of a category (cached by the core across batches)
     category_top: Callable[[int, int], npt.NDArray[np.int64]]
+    #: reason sentences by (reason, detail), kept by the core across batches and emptied
+    #: when the catalog (titles, category names) changes
+    sentences: dict[tuple[int, int], str | None]

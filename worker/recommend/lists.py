@@ -341,6 +341,9 @@ def recommendable(models: ModelContext, rows: IntArray) -> npt.NDArray[np.bool_]
     return allowed
 
 
+_SENTENCES_KEPT = 200_000  # ~100 bytes each: a bound, never reached by a catalog's anchors
+
+
 class _ReasonTexts:
     """Reason sentences, the way a user would say them."""
 
@@ -363,6 +366,20 @@ class _ReasonTexts:
         return self.models.catalog.title(row, self.models.index.item_id(row))
 
     def say(self, reason: int, detail: int) -> str | None:
+        """The sentence for one reason; all but the segment one (whose detail is this
+        batch's country number) are kept across batches, so a batch words only what is new."""
+        if reason == Reason.SEGMENT:
+            return self._say(reason, detail)
+        sentences = self.models.sentences
+        key = (reason, detail)
+        if key in sentences:
+            return sentences[key]
+        if len(sentences) >= _SENTENCES_KEPT:
+            sentences.clear()
+        said = sentences[key] = self._say(reason, detail)
+        return said
+
+    def _say(self, reason: int, detail: int) -> str | None:
         models = self.models
         if reason == Reason.COVISITED:
             if detail < 0:
