@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import redis
 from redis.cluster import RedisCluster
@@ -200,6 +201,21 @@ def test_the_latest_list_is_stored_with_the_state_and_its_ttl(store: UserStore) 
     assert store.write([UserWrite(_state("l", 2, events=2), listed=b'{"items":[2]}')]).written == 1
     assert store.latest_list("l") == b'{"items":[2]}'
     assert 3500 < store.client.ttl(store.list_key("l")) <= 3600
+
+
+def test_a_stored_list_is_compressed_and_one_stored_uncompressed_still_reads(
+    store: UserStore,
+) -> None:
+    reasons = ["viewed together with WHITE HANGING HEART T-LIGHT HOLDER", "trending now"]
+    items = [{"item_id": f"item-{n:06d}", "score": n / 7, "reasons": reasons} for n in range(20)]
+    body = orjson.dumps({"schema_version": 1, "user_id": "z", "items": items})
+    store.write([UserWrite(_state("z", 1), listed=body)])
+    stored = store.client.get(store.list_key("z"))
+    assert stored is not None
+    assert len(stored) < len(body) / 3
+    assert store.latest_list("z") == body
+    store.client.set(store.list_key("z"), body)  # as a worker wrote it before compression
+    assert store.latest_list("z") == body
 
 
 @on_single_and_cluster

@@ -62,6 +62,7 @@ start_node() {
     --cluster-config-file nodes.conf --cluster-port "$bus" \
     --cluster-node-timeout "${REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}" \
     --dir "$node" --daemonize no --logfile '' "${persist[@]}" \
+    --hash-max-listpack-value 1024 \
     </dev/null >"$node/redis.log" 2>&1 &
   echo $! >"$node/redis.pid"
 }

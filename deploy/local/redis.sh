@@ -100,7 +100,11 @@ start() {
     acl=(--aclfile "$DIR/acl.conf")
   fi
   log "starting redis-server on $scheme://127.0.0.1:$port, log in $DIR/redis.log"
+  # A user's state hash keeps values up to ~600 bytes (recent items, last list): listpack
+  # encoding holds it in about half the memory of the hashtable that the default limit of
+  # 64 bytes a value forces (docs/operations.md, "Redis memory").
   redis-server --bind 127.0.0.1 "${listen[@]}" --dir "$DIR" --daemonize no \
+    --hash-max-listpack-value 1024 \
     --logfile '' "${persist[@]}" "${acl[@]}" </dev/null >"$DIR/redis.log" 2>&1 &
   local pid=$! t0=$SECONDS
   echo "$pid" >"$DIR/redis.pid"
