@@ -300,8 +300,10 @@ def _bench_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="the recommender core alone: no Kafka, no Redis",
         description="Apply the synthetic catalog, then feed the events through "
         "Recommender.process in micro-batches, keeping user states in memory as Redis "
-        "would. The first --warmup share is not timed. Prints events/s, lists/s, batch "
-        "p50/p95/p99 ms, catalog size, distinct users per batch and the machine.",
+        "would. The first --warmup share is not timed; the timed part starts once the "
+        "background fill of every item's text neighbours is done (its time is reported). "
+        "Prints events/s, lists/s, batch p50/p95/p99 ms, catalog size, distinct users per "
+        "batch and the machine.",
     )
     core.add_argument(
         "--events",

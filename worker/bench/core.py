@@ -71,6 +71,9 @@ def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json
         for batch in chunks(envelopes[:warmup], options.batch_size):
             _process(recommender, batch, states)
             progress.advance(task, len(batch))
+        # Timed in the steady state: the text neighbours of every item filled in (the
+        # worker's background fill after a catalog rebuild, reported on its own).
+        recommender.content.wait_filled()
         task = progress.add_task("measured", total=options.events - warmup)
         for batch in chunks(envelopes[warmup:], options.batch_size):
             seconds, published, users = _process(recommender, batch, states)
@@ -91,6 +94,7 @@ def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json
         },
         "catalog_items": recommender.catalog.size,
         "catalog_load_s": catalog_s,
+        "content_fill_s": recommender.content.fill_s,
         "warmup_events": warmup,
         "events": measured,
         "batches": len(batch_ms),

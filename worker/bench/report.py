@@ -153,6 +153,10 @@ def _rows(result: Json) -> list[tuple[str, str]]:
             ("distinct users per batch (mean)", f"{result['distinct_users_per_batch']:.1f}"),
             ("users seen", f"{result['users_seen']:,}"),
             ("catalog load s", f"{result['catalog_load_s']:.1f}"),
+            (
+                "text neighbours filled s (background, untimed)",
+                _seconds(result.get("content_fill_s")),
+            ),
         ]
     drain, latency = result["drain"], result["latency"]
     ms = latency["ms"]
@@ -394,3 +398,7 @@ def append_benchmarks(result: Json, path: Path, command: str) -> None:
     else:
         lines[end:end] = ["", *_TABLE_HEAD.split("\n"), line, ""]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -25,6 +25,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -76,6 +77,8 @@ class ContentNeighbours:
         self._lock = threading.Lock()
         self._generation = 0
         self._filler: threading.Thread | None = None
+        #: seconds the latest completed fill took (None: none completed yet)
+        self.fill_s: float | None = None
 
     def upsert(self, row: int, tokens: list[str]) -> None:
         if self._tokens.get(row) != tokens:
@@ -147,6 +150,7 @@ class ContentNeighbours:
         if matrix is None or transposed is None:
             return
         total = matrix.shape[0]  # the arrays may be longer: they grow by doubling
+        started = time.perf_counter()
         for start in range(0, total, _FILL_CHUNK):
             with self._lock:
                 if self._generation != generation:
@@ -160,6 +164,7 @@ class ContentNeighbours:
                 if self._generation != generation:
                     return
                 self._store(chunk, top)
+        self.fill_s = time.perf_counter() - started
 
     def _products(self, rows: IntArray) -> sparse.csr_matrix:
         assert self._matrix is not None
