@@ -610,3 +610,14 @@ def test_a_catalog_reload_skips_the_content_of_items_that_already_took_it(
     assert computed == [2]
     assert np.array_equal(rec.taste.vectors[:4], before[:4])
     assert all(rec.taste.content_set[: len(rec.index)])
+
+
+def test_the_core_limits_blas_to_the_threads_it_is_given() -> None:
+    """One worker per core: BLAS threads of its own would spin beside Kafka and Redis."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=None):  # restored afterwards for the other tests
+        Recommender(Settings(blas_threads=1))
+        blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas
+        assert all(pool["num_threads"] == 1 for pool in blas)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
+from threadpoolctl import threadpool_limits
 
 from worker.contract import Event
 from worker.evaluate.baselines.common import BaselineBase, GrowingArray, ItemScores, Session
@@ -17,10 +18,6 @@ __all__ = ["RetrainedAls"]
 
 def _one_blas_thread() -> AbstractContextManager[object]:
     """implicit asks for single-threaded BLAS (its own threads do the parallel work)."""
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scipy's usual installs
-        return nullcontext()
     limits: AbstractContextManager[object] = threadpool_limits(1, "blas")
     return limits
 
