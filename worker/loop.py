@@ -181,6 +181,7 @@ class Worker:
             catalog_timeout_s = self.settings.catalog_load_timeout_s
         loaded = self._load_catalog(catalog_timeout_s) if partitions else 0
         log.info("catalog: %d items from %d partition(s)", loaded, partitions)
+        self.recommender.catalog_loaded()
         self._catch_up_models(kafka_timeout_s)
         self._learn_topic_id()
         freeze_startup_objects()
@@ -660,6 +661,7 @@ class Worker:
         if changes:
             self.recommender.apply_catalog_many(changes)
         self.metrics.catalog_items.set(self.recommender.catalog.size)
+        self.metrics.content_pending.set(self.recommender.content.pending())
 
     # -- offsets and rebalances -------------------------------------------------------
 

@@ -97,6 +97,12 @@ class Metrics:
         self.catalog_items = Gauge(
             "tailor_catalog_items", "Items known from the catalog topic", registry=r
         )
+        self.content_pending = Gauge(
+            "tailor_content_neighbours_pending",
+            "Catalog items whose text neighbours the background fill has not reached yet "
+            "(0 once filled; a batch that needs one meanwhile computes it on the spot)",
+            registry=r,
+        )
         self.ranker_lessons = Counter(
             "tailor_ranker_lessons",
             "Pairwise updates of the River ranker (chosen item vs passed-over candidates)",

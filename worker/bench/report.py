@@ -164,6 +164,10 @@ def _rows(result: Json) -> list[tuple[str, str]]:
         ("items in catalog", f"{result['catalog_items']:,}"),
         ("catalog load s (worker start)", f"{result['catalog_load_s']:.1f}"),
         ("worker process start s (spawn to consuming)", f"{result['worker_start_s']:.1f}"),
+        (
+            "text neighbours filled s (spawn to done, background)",
+            _seconds(result.get("content_filled_s")),
+        ),
         ("drain: events", f"{drain['events']:,}"),
         ("drain: seconds", f"{drain['seconds']:.2f}"),
         ("drain: events/s", f"{drain['events_per_s']:,.0f}"),
@@ -258,6 +262,10 @@ def side_by_side_rows(result: Json) -> tuple[list[str], list[tuple[str, list[str
         row("  x the peer's", compare("cpu_per_event_x_peer", "{:.2f}x")),
         row("peak RSS MB per process", lambda run: " / ".join(f"{m:,.0f}" for m in run[_RSS])),
         row("start to first output s", lambda run: f"{run['start_to_first_output_s']:.1f}"),
+        row(
+            "  text neighbours filled s (background)",
+            lambda run: _seconds(run.get("content_filled_s")),
+        ),
         *paced("latency_half_drain", "half drain"),
         *paced("latency_at_rate", "at --rate"),
         row("Redis commands per event", lambda run: f"{run['drain'][_COMMANDS]:.2f}"),

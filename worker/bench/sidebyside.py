@@ -435,6 +435,12 @@ def _run_system(
             result["start_to_first_output_s"] = outputs.first_at - spawned
             outputs.wait(warm_ids, options.timeout_s, system.check, "the warm-up events")
             progress.update(task, completed=len(plan.warmup))
+            # Tailor is timed in its steady state: each worker's background fill of text
+            # neighbours (after the catalog load) done, its time reported on its own row.
+            for worker in system.workers:
+                worker.wait_filled(options.timeout_s)
+            if system.workers:
+                result["content_filled_s"] = time.time() - spawned
 
             # Drain: produce as fast as possible; the clock stops at the last covering output.
             task = progress.add_task(f"{name} drain", total=len(plan.drain))

@@ -153,6 +153,9 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
                 "the warm-up events",
                 lambda consumed: progress.update(task, completed=consumed),
             )
+            # The steady state is timed: the background fill of text neighbours done.
+            worker.wait_filled(options.timeout_s)
+            result["content_filled_s"] = time.monotonic() - worker.spawned
 
             # Drain: produce the backlog as fast as possible; the clock stops when the
             # worker has consumed (and handled) the last event.
@@ -376,6 +379,22 @@ class _WorkerProcess(LoggedProcess):
                 raise BenchError(
                     f"gave up after {timeout_s:.0f} s waiting for {what} to be consumed "
                     f"({consumed:,} of {count:,})"
+                )
+            time.sleep(_POLL_S)
+
+    def wait_filled(self, timeout_s: float) -> None:
+        """Wait until the worker's text neighbours are all filled in (its background work
+        after a catalog load, which would otherwise share the timed phases' CPU)."""
+        name = "tailor_content_neighbours_pending"
+        deadline = time.monotonic() + timeout_s
+        while (pending := self.scrape(name).get((name, ()))) != 0:
+            if pending is None:
+                raise BenchError(f"the worker's /metrics has no {name}")
+            self.check()
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"gave up after {timeout_s:.0f} s waiting for the text neighbours of "
+                    f"{pending:,.0f} items to be filled"
                 )
             time.sleep(_POLL_S)
 

@@ -79,6 +79,7 @@ class ContentNeighbours:
         self._filler: threading.Thread | None = None
         #: seconds the latest completed fill took (None: none completed yet)
         self.fill_s: float | None = None
+        self._pending = 0  # catalog rows whose neighbours are not known yet
 
     def upsert(self, row: int, tokens: list[str]) -> None:
         if self._tokens.get(row) != tokens:
@@ -91,7 +92,7 @@ class ContentNeighbours:
 
     def neighbours_of(self, rows: IntArray) -> tuple[IntArray, FloatArray]:
         """``[len(rows), M]`` neighbour rows (-1 = none) and cosine similarities."""
-        self._refresh()
+        self.refresh()
         neighbours = np.full((rows.size, self.m), -1, dtype=np.int64)
         similarity = np.zeros((rows.size, self.m))
         built = self._matrix.shape[0] if self._matrix is not None else 0
@@ -109,9 +110,11 @@ class ContentNeighbours:
 
     def filled(self) -> bool:
         """Whether every item's neighbours are known (the background fill is done)."""
-        with self._lock:
-            built = self._matrix.shape[0] if self._matrix is not None else 0
-            return not bool((self.neighbour[:built, 0] == _UNKNOWN).any())
+        return self.pending() == 0
+
+    def pending(self) -> int:
+        """Catalog rows whose neighbours are not known yet (a gauge: the fill's progress)."""
+        return self._pending
 
     def wait_filled(self, timeout_s: float | None = None) -> bool:
         """Wait for the background fill (tests and benchmarks); whether it is done."""
@@ -120,7 +123,9 @@ class ContentNeighbours:
             filler.join(timeout_s)
         return self.filled()
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Rebuild the matrix (and start the fill) when enough of the catalog changed; a
+        lookup does this itself, so calling it is only to start the fill sooner."""
         items = len(self._tokens)
         needed = max(1, min(max(_REBUILD_MIN, int(_REBUILD_SHARE * items)), items // 2))
         if self._matrix is not None and self._changed < needed:
@@ -134,6 +139,7 @@ class ContentNeighbours:
             rows = matrix.shape[0]
             self.neighbour = grow_rows(self.neighbour[:0], rows, fill=_UNKNOWN)
             self.similarity = grow_rows(self.similarity[:0], rows, fill=0.0)
+            self._pending = rows
             generation = self._generation
         if self._background and rows:
             self._filler = threading.Thread(
@@ -201,6 +207,7 @@ class ContentNeighbours:
         self, rows: IntArray, top: tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]
     ) -> None:
         """Called with the lock held."""
+        self._pending -= int(np.count_nonzero(self.neighbour[rows, 0] == _UNKNOWN))
         self.neighbour[rows], self.similarity[rows] = top
 
 

@@ -337,6 +337,13 @@ class Recommender:
             if valid[slot]:
                 self.taste.set_content(row, vectors[slot])
 
+    def catalog_loaded(self) -> None:
+        """The catalog as read at start-up is in: build what is built from it now (the
+        text neighbours' matrix), so that their background fill runs while the worker
+        joins its group, not from its first batch."""
+        if self.settings.part_on("content"):
+            self.content.refresh()
+
     def _reserve(self) -> None:
         """Size the per-item models for every item known, at catalog time.
 
