@@ -37,6 +37,7 @@ class CoreOptions:
     batch_size: int = 500
     warmup: float = 0.2  # share of the events processed first and not timed
     progress: bool = True
+    fill_timeout_s: float = 600.0  # longest wait for the text neighbours' background fill
 
 
 def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json:
@@ -73,7 +74,13 @@ def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json
             progress.advance(task, len(batch))
         # Timed in the steady state: the text neighbours of every item filled in (the
         # worker's background fill after a catalog rebuild, reported on its own).
-        recommender.content.wait_filled()
+        if not recommender.content.wait_filled(options.fill_timeout_s):
+            console.print(
+                f"warning: text neighbours of {recommender.content.pending():,} items still "
+                f"unfilled after {options.fill_timeout_s:.0f} s; the timed batches include "
+                "what they compute on the spot",
+                style="yellow",
+            )
         task = progress.add_task("measured", total=options.events - warmup)
         for batch in chunks(envelopes[warmup:], options.batch_size):
             seconds, published, users = _process(recommender, batch, states)
@@ -95,6 +102,7 @@ def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json
         "catalog_items": recommender.catalog.size,
         "catalog_load_s": catalog_s,
         "content_fill_s": recommender.content.fill_s,
+        "content_pending": recommender.content.pending(),
         "warmup_events": warmup,
         "events": measured,
         "batches": len(batch_ms),

@@ -39,7 +39,14 @@ from worker.bench.procstat import cpu_seconds, peak_rss_bytes
 from worker.bench.replay import Replay
 from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import Clickstream, Workload
-from worker.bench.worker import _clean_up, _flush, _send, _WorkerProcess, paced_send
+from worker.bench.worker import (
+    _clean_up,
+    _flush,
+    _send,
+    _unfilled_warning,
+    _WorkerProcess,
+    paced_send,
+)
 from worker.config import ENV_PREFIX, Settings
 from worker.redaction import redacted_url
 from worker.state.store import RedisClient, connect_redis
@@ -105,6 +112,7 @@ def run_side_by_side(settings: Settings, options: SideOptions, console: Console)
                 batch_size=settings.batch_size,
                 warmup=options.warmup,
                 progress=options.progress,
+                fill_timeout_s=options.timeout_s,
             )
             cores.append(run_core(settings, core_options, console))
         plan = _Plan.of(workload, options)
@@ -437,10 +445,12 @@ def _run_system(
             progress.update(task, completed=len(plan.warmup))
             # Tailor is timed in its steady state: each worker's background fill of text
             # neighbours (after the catalog load) done, its time reported on its own row.
-            for worker in system.workers:
-                worker.wait_filled(options.timeout_s)
             if system.workers:
-                result["content_filled_s"] = time.time() - spawned
+                pending = sum(worker.wait_filled(options.timeout_s) for worker in system.workers)
+                result["content_pending"] = pending
+                result["content_filled_s"] = None if pending else time.time() - spawned
+                if pending:
+                    console.print(_unfilled_warning(pending, options.timeout_s), style="yellow")
 
             # Drain: produce as fast as possible; the clock stops at the last covering output.
             task = progress.add_task(f"{name} drain", total=len(plan.drain))

@@ -4,8 +4,9 @@ Sources (DESIGN.md "Models"): co-visitation with each user's recent items, taste
 over the popular pool, trending overall and in the user's segments (country, device),
 same-category content neighbours, and the user's own history (reorders are common in
 retail). Every source fills a fixed-width slice of one ``[users, slots]`` matrix, so the
-whole batch is a handful of numpy calls instead of a loop over users: that is what keeps
-a worker near 20k events/s on a 100k-item catalog (DESIGN.md "What things cost here").
+whole batch is a handful of numpy calls instead of a loop over users (DESIGN.md "What
+things cost here"). The width of that matrix, about 350 candidates with 22 features a
+user, is now most of the core's cost (BENCHMARKS.md, "Issue 11: side by side").
 
 Per-user lookups use one trick throughout: each row of the sorted candidate matrix is
 offset by ``user * stride``, so the flattened matrix is globally sorted and a single
