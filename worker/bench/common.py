@@ -16,7 +16,15 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-__all__ = ["BenchError", "Json", "chunks", "percentiles", "progress_bar", "warmup_count"]
+__all__ = [
+    "BenchError",
+    "Json",
+    "chunks",
+    "percentiles",
+    "progress_bar",
+    "warmup_count",
+    "warn_unfilled",
+]
 
 
 IntArray = npt.NDArray[np.int64]
@@ -63,4 +71,14 @@ def progress_bar(console: Console, enabled: bool) -> Progress:
         console=console,
         disable=not (enabled and console.is_terminal),
         transient=True,
+    )
+
+
+def warn_unfilled(console: Console, pending: int, timeout_s: float) -> None:
+    """Say that the timed phases started before the text neighbours were all filled."""
+    console.print(
+        f"warning: text neighbours of {pending:,} items still unfilled after {timeout_s:.0f} s; "
+        "the timed phases include what batches compute on the spot",
+        style="yellow",
+        highlight=False,
     )

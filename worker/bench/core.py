@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from rich.console import Console
 
-from worker.bench.common import Json, chunks, percentiles, progress_bar, warmup_count
+from worker.bench.common import Json, chunks, percentiles, progress_bar, warmup_count, warn_unfilled
 from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import CORE_START_S, Clickstream, Workload
 from worker.config import Settings
@@ -75,12 +75,7 @@ def run_core(settings: Settings, options: CoreOptions, console: Console) -> Json
         # Timed in the steady state: the text neighbours of every item filled in (the
         # worker's background fill after a catalog rebuild, reported on its own).
         if not recommender.content.wait_filled(options.fill_timeout_s):
-            console.print(
-                f"warning: text neighbours of {recommender.content.pending():,} items still "
-                f"unfilled after {options.fill_timeout_s:.0f} s; the timed batches include "
-                "what they compute on the spot",
-                style="yellow",
-            )
+            warn_unfilled(console, recommender.content.pending(), options.fill_timeout_s)
         task = progress.add_task("measured", total=options.events - warmup)
         for batch in chunks(envelopes[warmup:], options.batch_size):
             seconds, published, users = _process(recommender, batch, states)

@@ -31,7 +31,14 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from rich.console import Console
 
-from worker.bench.common import BenchError, Json, percentiles, progress_bar, warmup_count
+from worker.bench.common import (
+    BenchError,
+    Json,
+    percentiles,
+    progress_bar,
+    warmup_count,
+    warn_unfilled,
+)
 from worker.bench.core import CoreOptions, run_core
 from worker.bench.peer import PEER_APP, default_peer_venv, ensure_peer_venv
 from worker.bench.process import LoggedProcess
@@ -39,14 +46,7 @@ from worker.bench.procstat import cpu_seconds, peak_rss_bytes
 from worker.bench.replay import Replay
 from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import Clickstream, Workload
-from worker.bench.worker import (
-    _clean_up,
-    _flush,
-    _send,
-    _unfilled_warning,
-    _WorkerProcess,
-    paced_send,
-)
+from worker.bench.worker import _clean_up, _flush, _send, _WorkerProcess, paced_send
 from worker.config import ENV_PREFIX, Settings
 from worker.redaction import redacted_url
 from worker.state.store import RedisClient, connect_redis
@@ -450,7 +450,7 @@ def _run_system(
                 result["content_pending"] = pending
                 result["content_filled_s"] = None if pending else time.time() - spawned
                 if pending:
-                    console.print(_unfilled_warning(pending, options.timeout_s), style="yellow")
+                    warn_unfilled(console, pending, options.timeout_s)
 
             # Drain: produce as fast as possible; the clock stops at the last covering output.
             task = progress.add_task(f"{name} drain", total=len(plan.drain))

@@ -27,7 +27,14 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from worker.bench.common import BenchError, Json, percentiles, progress_bar, warmup_count
+from worker.bench.common import (
+    BenchError,
+    Json,
+    percentiles,
+    progress_bar,
+    warmup_count,
+    warn_unfilled,
+)
 from worker.bench.process import LoggedProcess
 from worker.bench.report import machine_info, now_iso
 from worker.bench.synthetic import Clickstream, Workload
@@ -158,7 +165,7 @@ def run_worker(settings: Settings, options: WorkerOptions, console: Console) -> 
             result["content_pending"] = pending
             result["content_filled_s"] = None if pending else time.monotonic() - worker.spawned
             if pending:
-                console.print(_unfilled_warning(pending, options.timeout_s), style="yellow")
+                warn_unfilled(console, pending, options.timeout_s)
 
             # Drain: produce the backlog as fast as possible; the clock stops when the
             # worker has consumed (and handled) the last event.
@@ -554,10 +561,3 @@ def _clean_up(settings: Settings, redis_client: RedisClient) -> None:
                 batch.clear()
         if batch:
             redis_client.unlink(*batch)
-
-
-def _unfilled_warning(pending: int, timeout_s: float) -> str:
-    return (
-        f"warning: text neighbours of {pending:,} items still unfilled after {timeout_s:.0f} s "
-        "(--timeout); the timed phases include what batches compute on the spot"
-    )

@@ -174,12 +174,12 @@ def _list_key(prefix: str, user_id: str) -> str:
 _LIST_COMPRESSION = 1  # zlib's fastest level: 2.6 KB of JSON to ~550 bytes in ~15 us
 
 
-def pack_list(body: bytes) -> bytes:
+def _pack_list(body: bytes) -> bytes:
     """A published list as it is stored: zlib (the JSON repeats its keys and reasons)."""
     return zlib.compress(body, _LIST_COMPRESSION)
 
 
-def unpack_list(value: bytes) -> bytes:
+def _unpack_list(value: bytes) -> bytes:
     """The list's JSON as the topic carried it; a value that is JSON already (stored
     before lists were compressed) is returned as it is: zlib output never starts with
     ``{``."""
@@ -446,7 +446,7 @@ class UserStore:
                 self.ttl_s,
                 int(write.erase_first),
                 state.topic_id,
-                pack_list(write.listed) if write.listed else b"",
+                _pack_list(write.listed) if write.listed else b"",
                 len(state.offsets),
                 *offsets,
                 *fields,
@@ -484,7 +484,7 @@ class UserStore:
             raise StoreUnavailable(f"Redis unreachable: {error}") from error
         except redis.ResponseError as error:
             raise StoreRefused(explain_redis_error(error, self.settings)) from error
-        return None if value is None else unpack_list(bytes(value))  # type: ignore[arg-type]
+        return None if value is None else _unpack_list(bytes(value))  # type: ignore[arg-type]
 
     def keys_of(self, user_id: str) -> list[bytes]:
         """Every key that mentions the user's hash tag (SCAN, for verifying an erasure)."""
@@ -550,7 +550,7 @@ class ListReader:
             raise StoreUnavailable(f"Redis unreachable: {error}") from error
         except redis.ResponseError as error:
             raise StoreRefused(explain_redis_error(error, self.settings)) from error
-        return None if value is None else unpack_list(bytes(value))  # type: ignore[arg-type]
+        return None if value is None else _unpack_list(bytes(value))  # type: ignore[arg-type]
 
     async def ping(self) -> bool:
         try:
